@@ -1,0 +1,200 @@
+"""The `harness` command line: each command parses flags, builds a settings object and calls one function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from harness.errors import HarnessError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ManyICL harness: train with many-shot targets, evaluate at 0/few/many shots, compare arms.")
+tasks_app = typer.Typer(no_args_is_help=True, help="List, show and validate task definitions.")
+app.add_typer(tasks_app, name="tasks")
+console = Console()
+err_console = Console(stderr=True)
+
+# Shared options, defined once.
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model folder, run directory or hub id "
+                                              "(default: SmolLM2-135M-Instruct).", rich_help_panel="Model")]
+DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Folder with the task data (default: "
+                                                "$HARNESS_DATA_DIR, else the hub).", rich_help_panel="Data")]
+FormatOpt = Annotated[str | None, typer.Option("--format", help="chat | plain | auto.", rich_help_panel="Data")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="One seed for data order and every library.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings; flags override it.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+MaxSeqOpt = Annotated[int | None, typer.Option("--max-seq-len", help="Tokens per sequence.")]
+
+
+def _setup_logging() -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=err_console)])
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@tasks_app.command("list")
+def tasks_list(json_out: JsonOpt = False) -> None:
+    """All built-in tasks: family, role, metric and data source."""
+    from tasks.registry import list_tasks
+
+    rows = [{"name": t.name, "family": t.family, "role": "probe" if t.probe else "train", "kind": t.kind,
+             "metric": t.metric, "files": t.files, "hub": t.hub.path if t.hub else None,
+             "split_seed": t.split.seed if t.split else None, "description": t.description} for t in list_tasks()]
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="Tasks")
+    for col in ("name", "family", "role", "metric", "data files", "hub id", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["family"], r["role"], r["metric"], ", ".join(r["files"].values()), r["hub"] or "",
+                      r["description"])
+    console.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(name: str, model: ModelOpt = None, fmt: FormatOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Render three examples of a task as the model sees them."""
+    from harness.preview import show_examples
+
+    console.print(show_examples(name, model, fmt or "auto", data_dir))
+
+
+@tasks_app.command("validate")
+def tasks_validate(paths: Annotated[list[str] | None, typer.Argument(help="Task files or names (default: all built-in).")] = None,
+                   data_dir: DataDirOpt = None) -> None:
+    """Check definitions and their data; report every problem found."""
+    from tasks.registry import builtin_task_files, validate
+
+    targets = paths or [str(p) for p in builtin_task_files()]
+    failed = 0
+    for target in targets:
+        problems = validate(target, data_dir)
+        if problems:
+            failed += 1
+            err_console.print(f"[red]✗[/red] {target}")
+            for problem in problems:
+                err_console.print(f"    {problem}")
+        else:
+            console.print(f"[green]✓[/green] {target}")
+    if failed:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- preview and train
+
+
+@app.command()
+def preview(
+    task: Annotated[str, typer.Option("--task", "-t", help="Task to build a sequence of.")],
+    method: Annotated[str, typer.Option("--method", help="zero-shot | few-shot | many-shot-last | manyicl | manyicl-full.")] = "manyicl",
+    model: ModelOpt = None,
+    max_seq_len: MaxSeqOpt = None,
+    shots: Annotated[int, typer.Option("--shots", help="few-shot: demonstrations per target.")] = 4,
+    fmt: FormatOpt = None,
+    seed: SeedOpt = None,
+    index: Annotated[int, typer.Option("--index", help="Which sequence of the task to show.")] = 0,
+    data_dir: DataDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one training sequence with its trained tokens highlighted, and its counts."""
+    from harness.preview import preview_sequence, render_preview
+
+    info = preview_sequence(task, method, model, fmt or "auto", max_seq_len or 2048, shots, 1234 if seed is None else seed,
+                            data_dir, index)
+    if json_out:
+        print(json.dumps(info))
+        return
+    from harness.models import resolve_model
+    from train.trainer import load_tokenizer
+
+    console.print(render_preview(info, load_tokenizer(resolve_model(model))))
+
+
+@app.command()
+def train(
+    method: Annotated[str | None, typer.Option("--method", help="zero-shot | few-shot | many-shot-last | manyicl | manyicl-full | dedicated.")] = None,
+    model: ModelOpt = None,
+    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated training tasks.")] = None,
+    max_seq_len: MaxSeqOpt = None,
+    output_dir: Annotated[str | None, typer.Option("--output-dir", "-o", help="Run directory.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Budget: optimizer steps.", rich_help_panel="Budget")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Budget: training tokens.", rich_help_panel="Budget")] = None,
+    max_targets: Annotated[int | None, typer.Option("--max-targets", help="Budget: supervised answers.", rich_help_panel="Budget")] = None,
+    shots: Annotated[int | None, typer.Option("--shots", help="few-shot: demonstrations per target.")] = None,
+    lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank (0 = full fine-tuning).", rich_help_panel="Model")] = None,
+    lora_merge: Annotated[bool | None, typer.Option("--lora-merge/--no-lora-merge", help="Save LoRA merged or as an adapter.", rich_help_panel="Model")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Rows per micro-batch.")] = None,
+    grad_accum: Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")] = None,
+    examples_per_task: Annotated[int | None, typer.Option("--examples-per-task", help="Cap train examples per task.")] = None,
+    fmt: FormatOpt = None,
+    seed: SeedOpt = None,
+    data_dir: DataDirOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Fine-tune with one arm's sequences through TRL's SFTTrainer and save a run directory."""
+    from harness.config import TrainConfig, load_settings
+    from train.trainer import run_training
+
+    cfg = load_settings(TrainConfig, config, {
+        "method": method, "model": model, "tasks": tasks, "max_seq_len": max_seq_len, "output_dir": output_dir,
+        "max_steps": max_steps, "max_tokens": max_tokens, "max_targets": max_targets, "shots": shots,
+        "lora_r": lora_r, "lora_merge": lora_merge, "learning_rate": learning_rate, "batch_size": batch_size,
+        "grad_accum": grad_accum, "examples_per_task": examples_per_task, "format": fmt, "seed": seed,
+        "data_dir": data_dir, "resume": resume or None})
+    if not cfg.budget_given:
+        cfg.max_steps = 20
+        err_console.print("[dim]No budget given: training for --max-steps 20.[/dim]")
+    run_dir = run_training(cfg)
+    _print_run_summary(run_dir)
+
+
+def _print_run_summary(run_dir: Path) -> None:
+    from harness.runs import read_json
+
+    manifest = read_json(run_dir / "manifest.json")
+    table = Table(title=f"Trained: {run_dir}", show_header=False)
+    seen = manifest.get("seen", {})
+    for key, value in [("method", manifest.get("method")), ("steps", manifest.get("steps")),
+                       ("tokens seen", seen.get("tokens")), ("targets seen", seen.get("targets")),
+                       ("examples seen", seen.get("examples")), ("tokens/s", manifest.get("tokens_per_second")),
+                       ("final loss", manifest.get("final_train_loss")), ("wall time (s)", manifest.get("wall_time_s")),
+                       ("checkpoint", manifest.get("checkpoint") or ", ".join(manifest.get("models", {}).values()))]:
+        if value is not None:
+            table.add_row(key, str(value))
+    stats_path = run_dir / "data_stats.json"
+    if stats_path.exists():
+        for task, s in read_json(stats_path)["per_task"].items():
+            e = s["examples_per_sequence"]
+            table.add_row(f"{task}: examples/sequence", f"{e['mean']} (min {e['min']}, max {e['max']})")
+    console.print(table)
+
+
+def main() -> None:
+    _setup_logging()
+    try:
+        app()
+    except HarnessError as err:
+        err_console.print(f"[bold red]Error:[/bold red] {err}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]Interrupted.[/yellow]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

