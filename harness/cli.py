@@ -163,6 +163,48 @@ def train(
     _print_run_summary(run_dir)
 
 
+@app.command()
+def evaluate(
+    model: ModelOpt = None,
+    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated tasks to score.")] = None,
+    shots: Annotated[str | None, typer.Option("--shots", help="Shot settings: numbers and/or `many`, e.g. 0,5,many.")] = None,
+    output_dir: Annotated[str | None, typer.Option("--output-dir", "-o", help="Evaluation directory.")] = None,
+    probes: Annotated[bool | None, typer.Option("--probes/--no-probes", help="Score the forgetting probes (default: on for fine-tuned checkpoints).", rich_help_panel="Probes")] = None,
+    probe_tasks: Annotated[str | None, typer.Option("--probe-tasks", help="Which probes (default all-probes).", rich_help_panel="Probes")] = None,
+    probe_shots: Annotated[str | None, typer.Option("--probe-shots", help="Shot settings for probes (default 0).", rich_help_panel="Probes")] = None,
+    heldout: Annotated[str | None, typer.Option("--heldout", help="Tasks no arm trained on (reported separately).")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="vllm | hf | auto.", rich_help_panel="Backend")] = None,
+    server_url: Annotated[str | None, typer.Option("--server-url", help="A running OpenAI-compatible server (…/v1); key from $OPENAI_API_KEY.", rich_help_panel="Backend")] = None,
+    served_model: Annotated[str | None, typer.Option("--served-model", help="Model name on --server-url.", rich_help_panel="Backend")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="auto | bfloat16 | float32.", rich_help_panel="Backend")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch (hf) or concurrent requests (vllm).", rich_help_panel="Backend")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Repeat with N demonstration draws; report mean and spread.")] = None,
+    seed: SeedOpt = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="At most N test documents per task.")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="Context to fit prompts into.")] = None,
+    fmt: FormatOpt = None,
+    method: Annotated[str | None, typer.Option("--method", help="Arm label for the records (default: from the checkpoint).")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Score a model at 0/few/many shots (and on the forgetting probes) through lm-eval."""
+    from harness.config import load_settings
+    from harness.evaluate import EvalConfig, run_evaluation
+
+    cfg = load_settings(EvalConfig, config, {
+        "model": model, "tasks": tasks, "shots": shots, "output_dir": output_dir, "probes": probes,
+        "probe_tasks": probe_tasks, "probe_shots": probe_shots, "heldout": heldout, "backend": backend,
+        "server_url": server_url, "served_model": served_model, "dtype": dtype, "batch_size": batch_size,
+        "seeds": seeds, "seed": seed, "limit": limit, "max_length": max_length, "format": fmt, "method": method,
+        "data_dir": data_dir})
+    out = run_evaluation(cfg)
+    from harness.leaderboard import build_leaderboard, render
+    from harness.results import read_records
+
+    console.print(render(build_leaderboard(read_records([out]), by="task"), "table"))
+    console.print(f"[dim]Results in {out}[/dim]")
+
+
 def _print_run_summary(run_dir: Path) -> None:
     from harness.runs import read_json
 
