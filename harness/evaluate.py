@@ -54,6 +54,7 @@ class EvalConfig:
     batch_size: int = setting(4, "requests per batch (hf) / concurrent requests (vllm)")
     method: str | None = setting(None, "arm label for the records; default from the checkpoint, else `base`")
     output_dir: str | None = setting(None, "evaluation directory; default results/evals/<utc>-<model>")
+    base_results: str | None = setting(None, "where the base model's probe scores are kept and reused; default a cache")
     data_dir: str | None = setting(None, "folder with the task data; default $HARNESS_DATA_DIR, else the hub")
 
     def __post_init__(self):
@@ -361,10 +362,10 @@ def run_evaluation(cfg: EvalConfig) -> Path:
         raise HarnessError("--seeds must be at least 1.")
     if cfg.limit is not None and cfg.limit < 1:
         raise HarnessError("--limit must be at least 1.")
-    mut = describe_model(cfg.model, cfg.method)
     dedicated = _dedicated_models(cfg.model)
     if dedicated:
         return _evaluate_dedicated(cfg, dedicated)
+    mut = describe_model(cfg.model, cfg.method)
     plan = _plan(cfg, mut)
     backend = _backend(cfg)
     out = Path(cfg.output_dir) if cfg.output_dir else new_run_dir("evals", mut.display_name, "eval")
@@ -478,11 +479,12 @@ def _base_probe_records(cfg: EvalConfig, mut: ModelUnderTest, plan, out: Path) -
     `out/base/` so a leaderboard over `out` can compute forgetting."""
     key = json.dumps([mut.base_model, cfg.limit, cfg.max_length or mut.max_seq_len or 2048,
                       cfg.format if cfg.format != "auto" else mut.format, cfg.dtype], default=str)
-    cache = RESULTS_DIR / "base-probes" / (Path(mut.base_model).name[:40] + "-" + hashlib.sha256(key.encode()).hexdigest()[:10])
+    cache = Path(cfg.base_results) if cfg.base_results else (
+        RESULTS_DIR / "base-probes" / (Path(mut.base_model).name[:40] + "-" + hashlib.sha256(key.encode()).hexdigest()[:10]))
     probe_names = sorted({t.name for t, role, _ in plan if role == "probe"})
     shots = sorted({s for _, role, s in plan if role == "probe"})
     base_cfg = dataclasses.replace(cfg, model=mut.base_model, tasks=probe_names, heldout=[], probes=False,
-                                   shots=shots, method="base", output_dir=str(cache),
+                                   shots=shots, method="base", output_dir=str(cache), base_results=None,
                                    max_length=cfg.max_length or mut.max_seq_len or 2048,
                                    format=cfg.format if cfg.format != "auto" else (mut.format or "auto"))
     run_evaluation(base_cfg)

@@ -138,19 +138,23 @@ def _combine(parts: Iterable[_Score]) -> _Score:
 
 
 def latest_records(records: Iterable[ResultRecord]) -> list[ResultRecord]:
-    """One record per (model, task, shots, seed): a re-run evaluation (later `created`) replaces the older one."""
-    kept: dict[tuple[str, str, str, int], ResultRecord] = {}
+    """One record per (model, model path, task, shots, seed): a re-run evaluation (later `created`) replaces the
+    older one. A row may hold several model paths: a dedicated run has one model per task."""
+    kept: dict[tuple[str, str, str, str, int], ResultRecord] = {}
     for record in records:
-        key = (record.model, record.task, record.shots, record.seed)
+        key = (record.model, record.model_path, record.task, record.shots, record.seed)
         if key not in kept or record.created >= kept[key].created:
             kept[key] = record
     return list(kept.values())
 
 
 def _task_scores(records: Iterable[ResultRecord]) -> dict[tuple[str, str, str], _Score]:
-    per_seed: dict[tuple[str, str, str], dict[int, float]] = defaultdict(dict)
+    # Several model paths under one row (a dedicated run's per-task models, each scored on the probes) are averaged.
+    per_path: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in latest_records(records):
-        per_seed[(r.model, r.task, r.shots)][r.seed] = r.value
+        per_path[(r.model, r.task, r.shots)][r.seed].append(r.value)
+    per_seed = {key: {seed: statistics.fmean(values) for seed, values in seeds.items()}
+                for key, seeds in per_path.items()}
     return {key: _Score(statistics.fmean(seeds.values()), dict(sorted(seeds.items())))
             for key, seeds in per_seed.items()}
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.tiny import TINY_MODEL, build_tiny_model
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -55,6 +56,8 @@ def resolve_model(spec: str | None) -> ResolvedModel:
     """
     if spec is None or spec == DEFAULT_MODEL:
         return ResolvedModel(path=str(default_model_path()), adapter=None, name=DEFAULT_MODEL)
+    if spec == TINY_MODEL:
+        return ResolvedModel(path=str(tiny_model_path()), adapter=None, name=TINY_MODEL)
     path = Path(spec).expanduser()
     if path.is_dir():
         final = path / "final"
@@ -115,6 +118,23 @@ def default_model_path() -> Path | str:
             )
         return DEFAULT_HUB_ID
     convert_gguf(source, target)
+    return target
+
+
+def tiny_model_path() -> Path:
+    """The tiny random test model (see harness/tiny.py), built once into the cache."""
+    target = cache_dir() / "models" / TINY_MODEL
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+        try:
+            build_tiny_model(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
