@@ -6,7 +6,7 @@ import os
 import random
 import string
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +221,7 @@ def builtin_task_files() -> list[Path]:
     return sorted(TASKS_DIR.glob("*.yaml"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_path(path: Path) -> TaskDef:
     path = path.resolve()
     task, problems = read_definition(path)

@@ -16,7 +16,17 @@ from harness.errors import HarnessError
 from harness.models import ResolvedModel, resolve_model
 from harness.runs import base_manifest, new_run_dir, publish_dir, read_json, write_json, write_yaml
 from tasks.registry import TaskData, load_examples, parse_task_list
-from train.sequences import METHODS, Budget, Renderer, Row, TaskPacking, mix, pack_rows, pack_task, select_rows
+from train.sequences import (
+    METHODS,
+    Budget,
+    Renderer,
+    Row,
+    TaskPacking,
+    mix,
+    pack_rows,
+    pack_task,
+    select_rows,
+)
 
 ARMS = (*METHODS, "dedicated")
 CHECKPOINT_INFO = "harness_checkpoint.json"  # written into every saved model: how it was trained
