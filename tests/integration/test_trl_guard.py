@@ -1,0 +1,167 @@
+"""Guards on the seam with TRL: the SFTTrainer that train/trainer.py builds keeps our labels and row order, its
+padding-free collator only masks sequence starts, and sequences side by side in one row do not see each other."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.config import TrainConfig
+from tasks.registry import load_examples, load_task
+from train.sequences import IGNORE_INDEX, Renderer, pack_rows, pack_task
+
+pytestmark = pytest.mark.integration
+
+
+class _Stop(Exception):
+    """Raised by the spy instead of training."""
+
+
+def _spy_on_trainer(monkeypatch) -> dict:
+    """Let train/trainer.py build its SFTTrainer as usual, then capture it (and the rows) instead of training."""
+    import trl
+
+    import train.trainer as trainer_module
+
+    seen: dict = {}
+    real_build = trainer_module.build_training_data
+
+    def build(*args, **kwargs):
+        seen["data"] = real_build(*args, **kwargs)
+        return seen["data"]
+
+    class Spy(trl.SFTTrainer):
+        def train(self, *args, **kwargs):
+            seen["trainer"] = self
+            seen["batches"] = list(self.get_train_dataloader())
+            raise _Stop
+
+    monkeypatch.setattr(trainer_module, "build_training_data", build)
+    monkeypatch.setattr(trl, "SFTTrainer", Spy)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def spied(tiny_model, tiny_data, tmp_path_factory):
+    """The trainer of a zero-shot run (short sequences, several per row) with two rows per micro-batch."""
+    from train.trainer import run_training
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        seen = _spy_on_trainer(mp)
+        cfg = TrainConfig(method="zero-shot", model=str(tiny_model), tasks=["sst2", "rte"], data_dir=str(tiny_data),
+                          max_seq_len=160, max_steps=3, batch_size=2, seed=3,
+                          output_dir=str(tmp_path_factory.mktemp("guard") / "run"))
+        with pytest.raises(_Stop):
+            run_training(cfg)
+    return seen
+
+
+def test_trainer_keeps_our_labels_and_order(spied):
+    rows = spied["data"].rows
+    dataset = spied["trainer"].train_dataset
+    assert len(rows) == 6 and len(dataset) == 6
+    assert dataset["input_ids"] == [r.input_ids for r in rows]
+    assert dataset["labels"] == [r.labels for r in rows]
+    assert dataset["seq_lengths"] == [r.seq_lengths for r in rows]
+    assert any(len(r.seq_lengths) > 1 for r in rows), "the check needs rows holding several sequences"
+
+
+def test_collated_batches_equal_our_rows_except_sequence_starts(spied):
+    rows = spied["data"].rows
+    batches = spied["batches"]
+    assert len(batches) == 3
+    for i, batch in enumerate(batches):
+        group = rows[2 * i: 2 * i + 2]  # sequential sampling: our order, two rows per micro-batch
+        ids = [t for r in group for t in r.input_ids]
+        labels = [t for r in group for t in r.labels]
+        positions = [p for r in group for n in r.seq_lengths for p in range(n)]
+        assert "attention_mask" not in batch, "padding-free batches carry position ids, not a mask"
+        assert batch["input_ids"].tolist() == [ids]
+        assert batch["position_ids"].tolist() == [positions]
+        got = batch["labels"][0].tolist()
+        for pos, (ours, theirs) in enumerate(zip(labels, got, strict=True)):
+            if positions[pos] == 0:
+                assert theirs == IGNORE_INDEX
+                assert ours == IGNORE_INDEX, "we trained the first token of a sequence, which TRL drops"
+            else:
+                assert theirs == ours, f"batch {i} position {pos}: TRL changed a label"
+        assert sum(t != IGNORE_INDEX for t in got) == sum(r.num_trained_tokens for r in group)
+
+
+@pytest.mark.parametrize("trained", ["answers", "every token"])
+def test_trainer_loss_of_a_packed_row_equals_the_sum_over_its_sequences(spied, trained):
+    """With the trainer's own collator and compute_loss, in fp32 (outside the bf16 autocast of a training step).
+    Training every token as well makes every position's prediction count, so a leak cannot hide."""
+    trainer = spied["trainer"]
+    model = trainer.model.float().eval()
+    collate = trainer.data_collator
+    row = next(r for r in spied["data"].rows if len(r.seq_lengths) >= 2)
+    labels = row.labels if trained == "answers" else row.input_ids
+
+    def summed_loss(examples):
+        batch = collate(examples)
+        n = int((batch["labels"] != IGNORE_INDEX).sum())
+        with torch.no_grad():
+            return float(trainer.compute_loss(model, batch)) * n, n
+
+    packed, n_packed = summed_loss([{"input_ids": row.input_ids, "labels": labels, "seq_lengths": row.seq_lengths}])
+    separate, n_separate = 0.0, 0
+    start = 0
+    for length in row.seq_lengths:
+        part = {"input_ids": row.input_ids[start:start + length], "labels": labels[start:start + length],
+                "seq_lengths": [length]}
+        loss, n = summed_loss([part])
+        separate, n_separate = separate + loss, n_separate + n
+        start += length
+    expected_n = row.num_trained_tokens if trained == "answers" else row.num_tokens - len(row.seq_lengths)
+    assert n_packed == n_separate == expected_n
+    assert packed == pytest.approx(separate, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- the model alone, in fp32
+
+
+def _token_losses(logits: torch.Tensor, labels: list[int]) -> torch.Tensor:
+    target = torch.tensor(labels[1:])
+    losses = torch.nn.functional.cross_entropy(logits[:-1].float(), target.clamp(min=0), reduction="none")
+    return torch.where(target == IGNORE_INDEX, torch.zeros_like(losses), losses)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_sequences_side_by_side_do_not_leak(tiny_model, tiny_data, attn):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attn).eval()
+    renderer = Renderer(tokenizer, "chat")
+    packing = pack_task(load_examples(load_task("sst2"), tiny_data), renderer, "manyicl", 100, seed=0)
+    row = next(r for r in pack_rows(packing.sequences, 300) if len(r.seq_lengths) >= 2)
+    len_a, len_b = row.seq_lengths[:2]
+    ids, labels = row.input_ids[:len_a + len_b], row.labels[:len_a + len_b]
+    a_ids, b_ids = ids[:len_a], ids[len_a:]
+    # Train every token so that every position's prediction is compared, not only the answers.
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+    batch = collator([{"input_ids": ids, "labels": ids, "seq_lengths": [len_a, len_b]}])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        packed = model(**inputs, use_cache=False).logits[0]
+        alone_a = model(input_ids=torch.tensor([a_ids]), use_cache=False).logits[0]
+        alone_b = model(input_ids=torch.tensor([b_ids]), use_cache=False).logits[0]
+        leaky = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]  # one long sequence: b sees a
+
+    torch.testing.assert_close(packed[:len_a], alone_a, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed[len_a:], alone_b, atol=1e-5, rtol=1e-4)
+    assert (leaky[len_a:] - alone_b).abs().max() > 1e-3, "the check must be able to see a leak"
+
+    packed_labels = batch["labels"][0].tolist()
+    summed_packed = _token_losses(packed, packed_labels).sum()
+    summed_alone = _token_losses(alone_a, a_ids).sum() + _token_losses(alone_b, b_ids).sum()
+    assert float(summed_packed) == pytest.approx(float(summed_alone), rel=1e-5)
+
+    # and with our labels (answers only): the same sum, answer tokens only
+    ours = _token_losses(packed, [lab if p != len_a else IGNORE_INDEX for p, lab in enumerate(labels)]).sum()
+    ours_alone = _token_losses(alone_a, labels[:len_a]).sum() + _token_losses(alone_b, labels[len_a:]).sum()
+    assert float(ours) == pytest.approx(float(ours_alone), rel=1e-5)
+    assert float(ours) > 0
