@@ -304,6 +304,8 @@ def test_few_shot_groups_have_shots_plus_one_examples(tokenizer, chat, shots):
     data = _task_data(_examples(40, seed=2))
     packing = pack_task(data, chat, "few-shot", 4096, seed=1, shots=shots)
     assert len(packing.sequences) == 40 // (shots + 1)
+    uids = [u for s in packing.sequences for u in s.example_uids]
+    assert len(uids) == len(set(uids)), "a demonstration or target is used twice in one pass"
     for seq in packing.sequences:
         assert seq.num_examples == shots + 1
         assert seq.num_targets == 1
@@ -339,10 +341,10 @@ def test_an_example_that_exactly_fills_max_len_is_kept_and_one_token_more_is_ski
     packing = pack_task(data, renderer, "zero-shot", longest, seed=0)
     assert packing.skipped_too_long == 0 and len(packing.sequences) == 3
     assert max(s.num_tokens for s in packing.sequences) == longest
-    if n_longest < 3:
-        packing = pack_task(data, renderer, "zero-shot", longest - 1, seed=0)
-        assert packing.skipped_too_long == n_longest
-        assert len(packing.sequences) == 3 - n_longest
+    assert n_longest < 3, "the examples should differ in length"
+    packing = pack_task(data, renderer, "zero-shot", longest - 1, seed=0)
+    assert packing.skipped_too_long == n_longest
+    assert len(packing.sequences) == 3 - n_longest
 
 
 def test_few_shot_needs_a_shot(chat):
