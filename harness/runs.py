@@ -67,7 +67,7 @@ def git_state() -> dict[str, Any]:
         return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
 
     try:
-        sha = git("rev-parse", "HEAD")
+        sha = git("rev-parse", "--verify", "--quiet", "HEAD")  # without a commit, plain rev-parse prints "HEAD"
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}

@@ -142,6 +142,26 @@ def test_run_directory_tree(trained, tiny_model, tiny_data):
     assert info["adapter_only"] is False and info["base_model"] == str(Path(tiny_model).resolve())
 
 
+def test_manifest_git_state(tmp_path, monkeypatch):
+    import harness.runs
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    monkeypatch.setattr(harness.runs, "PROJECT_ROOT", tmp_path)
+    assert harness.runs.git_state() == {"sha": None, "dirty": None}  # not a repository
+    git("init", "-q")
+    assert harness.runs.git_state() == {"sha": None, "dirty": None}  # a repository without a commit
+    (tmp_path / "a.txt").write_text("1")
+    git("add", "a.txt")
+    git("commit", "-q", "-m", "first")
+    state = harness.runs.git_state()
+    assert re.fullmatch(r"[0-9a-f]{40}", state["sha"]) and state["dirty"] is False
+    (tmp_path / "a.txt").write_text("2")
+    assert harness.runs.git_state()["dirty"] is True
+
+
 def test_final_reloads_with_new_weights(trained, tiny_model):
     from transformers import AutoTokenizer
 
@@ -298,6 +318,8 @@ def test_bad_input_is_one_clear_line(base_args, tmp_path, extra, message):
 
 
 def test_console_script_error_is_one_line_without_traceback(tiny_model, tiny_data, tmp_path):
+    if not HARNESS.exists():
+        pytest.skip(f"no console script at {HARNESS} (package not installed in this environment)")
     env = {**os.environ, "COLUMNS": "500", "HF_HUB_OFFLINE": "1", "HARNESS_RESULTS_DIR": str(tmp_path / "results")}
     proc = subprocess.run([str(HARNESS), "train", "--model", str(tiny_model), "--data-dir", str(tiny_data),
                            "--method", "dedicated", "--tasks", "sst2,nope", "--max-steps", "1"],

@@ -100,7 +100,7 @@ def test_trainer_loss_of_a_packed_row_equals_the_sum_over_its_sequences(spied, t
     labels = row.labels if trained == "answers" else row.input_ids
 
     def summed_loss(examples):
-        batch = collate(examples)
+        batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in collate(examples).items()}
         n = int((batch["labels"] != IGNORE_INDEX).sum())
         with torch.no_grad():
             return float(trainer.compute_loss(model, batch)) * n, n
