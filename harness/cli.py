@@ -233,11 +233,11 @@ def leaderboard(
     """Rows = models/arms, columns = families (or tasks) at each shot count, their mean, and forgetting."""
     from harness.leaderboard import build_leaderboard, render
     from harness.results import read_records
-    from harness.runs import RESULTS_DIR
+    from harness.runs import results_dir
 
-    records = read_records(dirs or [RESULTS_DIR])
+    records = read_records(dirs or [results_dir()])
     if not records:
-        raise HarnessError(f"No results found under {', '.join(map(str, dirs or [RESULTS_DIR]))}; run `harness evaluate` first.")
+        raise HarnessError(f"No results found under {', '.join(map(str, dirs or [results_dir()]))}; run `harness evaluate` first.")
     out = render(build_leaderboard(records, by=by), fmt)
     if isinstance(out, str):
         print(out)
@@ -253,9 +253,9 @@ def plot(
     """Write scores_vs_shots.png (score against shots per task, one line per arm) and forgetting.png."""
     from harness.plots import plot_forgetting, plot_scores_vs_shots
     from harness.results import read_records
-    from harness.runs import RESULTS_DIR
+    from harness.runs import results_dir
 
-    records = read_records(dirs or [RESULTS_DIR])
+    records = read_records(dirs or [results_dir()])
     if not records:
         raise HarnessError("No results found; run `harness evaluate` first.")
     written = [plot_scores_vs_shots(records, output_dir / "scores_vs_shots.png")]

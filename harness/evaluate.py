@@ -19,7 +19,7 @@ from harness.config import _split_list, setting, to_dict
 from harness.errors import HarnessError
 from harness.models import ResolvedModel, resolve_model
 from harness.results import SUMMARY_FILE, ResultRecord, read_records, write_records
-from harness.runs import RESULTS_DIR, base_manifest, new_run_dir, read_json, utc_stamp, write_json, write_yaml
+from harness.runs import base_manifest, new_run_dir, read_json, results_dir, utc_stamp, write_json, write_yaml
 from tasks.registry import Example, TaskData, TaskDef, load_examples, parse_task_list
 from train.sequences import Renderer
 from train.trainer import CHECKPOINT_INFO, load_tokenizer, resolve_format
@@ -480,7 +480,7 @@ def _base_probe_records(cfg: EvalConfig, mut: ModelUnderTest, plan, out: Path) -
     key = json.dumps([mut.base_model, cfg.limit, cfg.max_length or mut.max_seq_len or 2048,
                       cfg.format if cfg.format != "auto" else mut.format, cfg.dtype], default=str)
     cache = Path(cfg.base_results) if cfg.base_results else (
-        RESULTS_DIR / "base-probes" / (Path(mut.base_model).name[:40] + "-" + hashlib.sha256(key.encode()).hexdigest()[:10]))
+        results_dir() / "base-probes" / (Path(mut.base_model).name[:40] + "-" + hashlib.sha256(key.encode()).hexdigest()[:10]))
     probe_names = sorted({t.name for t, role, _ in plan if role == "probe"})
     shots = sorted({s for _, role, s in plan if role == "probe"})
     base_cfg = dataclasses.replace(cfg, model=mut.base_model, tasks=probe_names, heldout=[], probes=False,

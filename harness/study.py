@@ -23,7 +23,7 @@ import yaml
 from harness.config import TrainConfig, _split_list, setting, to_dict
 from harness.errors import HarnessError
 from harness.evaluate import EvalConfig, parse_shots
-from harness.runs import RESULTS_DIR, base_manifest, read_json, write_json, write_yaml
+from harness.runs import base_manifest, read_json, results_dir, write_json, write_yaml
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 ARMS = ("base", "zero-shot", "few-shot", "many-shot-last", "manyicl", "manyicl-full", "dedicated")
@@ -53,7 +53,7 @@ class StudyConfig:
 
     @property
     def directory(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else RESULTS_DIR / "studies" / self.name
+        return Path(self.output_dir) if self.output_dir else results_dir() / "studies" / self.name
 
 
 def load_study(config: str | Path | None, preset: str | None, overrides: dict[str, Any]) -> StudyConfig:

@@ -31,7 +31,7 @@ def _corpus(n: int = 400) -> list[str]:
     return lines
 
 
-def build_tiny_model(target: Path, vocab_size: int = 400, hidden: int = 32, layers: int = 2) -> Path:
+def build_tiny_model(target: Path, vocab_size: int = 400, hidden: int = 64, layers: int = 2) -> Path:
     """A tiny LlamaForCausalLM and fast tokenizer (byte-level BPE, so any text tokenizes) saved to `target`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

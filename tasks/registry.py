@@ -418,6 +418,8 @@ def validate(path_or_name: str, data_dir: str | Path | None = None) -> list[str]
         resolved = resolve_data_dir(data_dir)
     except HarnessError as err:
         return [str(err)]
+    if not task.files:
+        return problems  # a hub-only task: its data is checked when it loads
     if not _files_present(task, resolved):
         missing = [str((resolved or Path("<data-dir>")) / f) for f in task.files.values()
                    if resolved is None or not (resolved / f).exists()]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from harness.tiny import WORDS, build_tiny_model  # noqa: F401 - re-exported for the tests
 
+
 def _jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -37,7 +38,7 @@ def build_data_dir(root: Path, rows: int = 40) -> Path:
                                                       "label": labels[i % len(labels)], "idx": i} for i in range(n)])
     for split, n in (("train", rows), ("test", rows // 2)):
         rows_ = []
-        for i in range(n):
+        for _ in range(n):
             a, b = rng.randint(1, 9), rng.randint(1, 9)
             rows_.append({"question": f"{sentence(4)} {a} and {b} how many ?",
                           "answer": f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}\n#### {a + b}"})

@@ -74,14 +74,6 @@ def _differs(a: dict, b: dict) -> bool:
     return any(not torch.equal(a[k].to(torch.bfloat16), b[k].to(torch.bfloat16)) for k in a)
 
 
-@pytest.fixture(autouse=True)
-def _results_dir(tmp_path, monkeypatch):
-    """harness.runs reads HARNESS_RESULTS_DIR once, at import; point its default at this test's folder."""
-    import harness.runs
-
-    monkeypatch.setattr(harness.runs, "RESULTS_DIR", tmp_path / "results")
-
-
 @pytest.fixture(scope="module")
 def base_args(tiny_model, tiny_data) -> list[str]:
     return ["train", "--model", str(tiny_model), "--data-dir", str(tiny_data), "--max-seq-len", "256"]
