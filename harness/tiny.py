@@ -31,7 +31,8 @@ def _corpus(n: int = 400) -> list[str]:
     return lines
 
 
-def build_tiny_model(target: Path, vocab_size: int = 400, hidden: int = 64, layers: int = 2) -> Path:
+def build_tiny_model(target: Path, vocab_size: int = 400, hidden: int = 64, layers: int = 2, heads: int = 2,
+                     kv_heads: int | None = None, intermediate: int | None = None, embedding_rows: int = 0) -> Path:
     """A tiny LlamaForCausalLM and fast tokenizer (byte-level BPE, so any text tokenizes) saved to `target`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -47,8 +48,9 @@ def build_tiny_model(target: Path, vocab_size: int = 400, hidden: int = 64, laye
                                    pad_token="<|im_end|>", unk_token="<|endoftext|>")
     fast.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+    # `embedding_rows` pads the vocabulary (unused rows) to give the model a real model's head size.
+    config = LlamaConfig(vocab_size=max(len(fast), embedding_rows), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
                          max_position_embeddings=4096, bos_token_id=fast.bos_token_id,
                          eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
     model = LlamaForCausalLM(config)
