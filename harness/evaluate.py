@@ -69,7 +69,7 @@ def parse_shots(values: list[str], flag: str = "--shots") -> list[str]:
         raise HarnessError(f"{flag} is empty; give numbers and/or `many`, like 0,5,many.")
     for value in values:
         text = str(value).strip().lower()
-        if text != "many" and not (text.isdigit()):
+        if text != "many" and not text.isdecimal():  # isdigit() also takes "²", which int() refuses
             raise HarnessError(f"{flag} value `{value}` is not a non-negative number or `many`; use e.g. 0,5,many.")
         text = text if text == "many" else str(int(text))
         if text not in out:
