@@ -270,3 +270,23 @@ def test_errors_are_clear():
     clash = record("run-few", "manyicl", "sst2", "0", 9, 0.5)
     with pytest.raises(HarnessError, match="run-few"):
         build_leaderboard(recs + [clash])
+
+
+def test_a_row_with_several_model_paths_averages_them():
+    """A dedicated run is one row holding one model per task; each of them is scored on the same probe and seed,
+    and the row's probe score (and its forgetting) is their mean, not whichever record came last."""
+    paths = {"sst2": "/results/runs/run-ded/sst2/final", "rte": "/results/runs/run-ded/rte/final"}
+    probe = {("sst2", 0): 0.60, ("rte", 0): 0.70, ("sst2", 1): 0.50, ("rte", 1): 0.70}
+    recs = [record("run-ded", "dedicated", "piqa", "0", seed, value, model_path=paths[task])
+            for (task, seed), value in probe.items()]
+    recs += [record("run-ded", "dedicated", task, "0", seed, 0.9, model_path=paths[task])
+             for task in paths for seed in (0, 1)]
+    recs += [record("smollm2-135m", "base", "piqa", "0", seed, 0.70) for seed in (0, 1)]
+    lb = build_leaderboard(recs, by="task", roles=("train", "probe"))
+    assert [r.model for r in lb.rows] == ["smollm2-135m", "run-ded"]
+    # per seed: (0.60 + 0.70) / 2 = 0.65 and (0.50 + 0.70) / 2 = 0.60; over seeds 0.625
+    close(lb.cell("run-ded", ("probe:piqa", "0")), 0.625, math.sqrt(0.00125), 2)
+    close(lb.cell("run-ded", ("forgetting", "0")), 0.70 - 0.625, math.sqrt(0.00125), 2)
+    assert forgetting(recs) == {"run-ded": {"piqa": pytest.approx(0.075)}}
+    close(lb.cell("run-ded", ("sst2", "0")), 0.9, 0.0, 2)
+    assert len(latest_records(recs)) == len(recs)  # both models' records are kept
