@@ -73,9 +73,10 @@ def load_study(config: str | Path | None, preset: str | None, overrides: dict[st
         if not isinstance(raw, dict):
             raise HarnessError(f"Study file {path} must be a mapping of settings.")
         data.update(raw)
-    if not data and not overrides:
+    given = {k: v for k, v in overrides.items() if v is not None}  # the CLI passes every flag, unset ones as None
+    if not data and not given:
         raise HarnessError("Give a study: --config study.yaml or --preset smoke|demo|paper.")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    data.update(given)
     names = {f.name for f in dataclasses.fields(StudyConfig)}
     unknown = sorted(set(data) - names)
     if unknown:

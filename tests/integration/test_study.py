@@ -1,0 +1,322 @@
+"""`harness study` end to end on the tiny model: the smoke preset's outputs, resuming (after a finished run and
+after the study was killed midway), a failed stage that blocks only what needs it, and bad study files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+SMOKE_ARMS = ["base", "zero-shot", "few-shot", "many-shot-last", "manyicl", "dedicated"]
+TRAINED = [a for a in SMOKE_ARMS if a != "base"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _harness(args: list[str]) -> tuple[int, str, str]:
+    """Run `harness ARGS` in this process through `main` (HarnessError -> one line, exit 2)."""
+    from harness.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["harness", *args])
+        mp.setenv("COLUMNS", "1000")
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                main()
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _mtimes(root: Path, pattern: str) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.glob(pattern))}
+
+
+@pytest.fixture(scope="module")
+def study_env(tmp_path_factory):
+    """One model cache (the tiny model is built into it once) and results folder for the module's studies."""
+    root = tmp_path_factory.mktemp("study-env")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_CACHE", str(root / "cache"))
+        mp.setenv("HARNESS_RESULTS_DIR", str(root / "results"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TOKENIZERS_PARALLELISM", "false")
+        yield root
+
+
+@pytest.fixture(scope="module")
+def smoke(study_env, tiny_data):
+    """The smoke preset, run once (about two to three minutes on two cores)."""
+    directory = study_env / "smoke"
+    started = time.monotonic()
+    code, out, err = _harness(["study", "--preset", "smoke", "--data-dir", str(tiny_data), "-o", str(directory)])
+    assert code == 0, err[-3000:]
+    return directory, out, err, time.monotonic() - started
+
+
+def test_smoke_study_writes_every_output(smoke, study_env):
+    root, out, err, _ = smoke
+    assert f"Report: {root / 'REPORT.md'}" in _one_line(out)
+    assert (study_env / "cache" / "models").is_dir() and any((study_env / "cache" / "models").iterdir())
+    for name in ("REPORT.md", "leaderboard.md", "leaderboard.csv", "leaderboard.json", "leaderboard_by_task.md",
+                 "state.json", "manifest.json", "study.yaml"):
+        assert (root / name).is_file() and (root / name).stat().st_size > 0, name
+    for png in ("scores_vs_shots.png", "forgetting.png"):
+        assert (root / "plots" / png).read_bytes()[:8] == PNG, png
+
+    # every trained arm has its checkpoint, the same matched budget, and an evaluation
+    for arm in TRAINED:
+        manifest = json.loads((root / "runs" / arm / "manifest.json").read_text())
+        assert manifest["status"] == "complete" and manifest["method"] == arm
+        finals = [root / "runs" / arm / "final"] if arm != "dedicated" else \
+            [root / "runs" / arm / task / "final" for task in ("sst2", "rte")]
+        for final in finals:
+            assert (final / "config.json").is_file(), final
+            steps = json.loads((final.parent / "manifest.json").read_text())["steps"]
+            assert steps == 3, (final, steps)
+    for arm in SMOKE_ARMS:
+        summaries = [root / "evals" / arm / "summary.jsonl"] if arm != "dedicated" else \
+            [root / "evals" / arm / task / "summary.jsonl" for task in ("sst2", "rte")]
+        for summary in summaries:
+            records = _records(summary)
+            assert records and {r["method"] for r in records} == {arm}, summary
+            assert {r["seed"] for r in records} == {1234, 1235}
+            assert {r["max_length"] for r in records} == {512}  # every model in its training context
+            assert {r["task"] for r in records if r["role"] == "probe"} == {"arc_easy"}
+        if arm not in ("base", "dedicated"):
+            records = _records(summaries[0])
+            assert {(r["task"], r["role"]) for r in records} == {
+                ("sst2", "train"), ("rte", "train"), ("cb", "heldout"), ("arc_easy", "probe")}
+            assert {r["shots"] for r in records if r["role"] != "probe"} == {"0", "2", "many"}
+            # the base model's probe scores sit next to each fine-tuned model's, for forgetting
+            assert {r["method"] for r in _records(root / "evals" / arm / "base" / "summary.jsonl")} == {"base"}
+        assert json.loads((root / "evals" / arm / "study_stage_done.json").read_text())["config"]
+
+    state = json.loads((root / "state.json").read_text())
+    expected = ["eval:base"] + [f"{kind}:{arm}" for arm in TRAINED for kind in ("train", "eval")] + ["report"]
+    assert list(state["stages"]) == expected
+    assert {s["status"] for s in state["stages"].values()} == {"done"}
+    assert json.loads((root / "manifest.json").read_text())["stages"] == {name: "done" for name in expected}
+    for name in expected[:-1]:
+        assert f"{name}: done in" in err
+
+    board = json.loads((root / "leaderboard.json").read_text())
+    assert [r["method"] for r in board["rows"]] == SMOKE_ARMS
+    assert board["columns"][-1]["kind"] == "forgetting"
+    for row in board["rows"]:
+        assert ("forgetting @0" in row["cells"]) == (row["method"] != "base")
+        assert row["cells"]["mean @many"]["n"] == 2
+    csv_header = (root / "leaderboard.csv").read_text().splitlines()[0]
+    assert csv_header.startswith("model,method,base_model,classification @0,") and "forgetting @0" in csv_header
+    assert (root / "leaderboard.md").read_text().startswith("| model | method | classification @0 |")
+
+    report = (root / "REPORT.md").read_text()
+    assert report.startswith("# Study: smoke")
+    assert "## Did the claims hold?" in report and "| claim | shots | A | B |" in report
+    assert "| ManyICL beats zero-shot fine-tuning | all | manyicl | zero-shot |" in report
+    assert "## Scale caveat" in report and "135M-parameter model" in report
+    assert "## Budgets actually spent" in report and "| dedicated | per task: sst2=3, rte=3 |" in report
+    assert "Stages that did not finish" not in report
+
+
+def test_second_run_skips_every_finished_stage(smoke, tiny_data):
+    root, _, _, _ = smoke
+    before = _mtimes(root, "runs/**/manifest.json") | _mtimes(root, "evals/**/summary.jsonl") | \
+        _mtimes(root, "runs/**/model.safetensors")
+    assert len(before) > 10
+    started = time.monotonic()
+    code, _, err = _harness(["study", "--preset", "smoke", "--data-dir", str(tiny_data), "-o", str(root)])
+    seconds = time.monotonic() - started
+    assert code == 0, err[-2000:]
+    assert seconds < 45, seconds  # no stage ran again: only the report is rewritten
+    stages = json.loads((root / "state.json").read_text())["stages"]
+    assert [name for name, s in stages.items() if s["status"] == "skipped"] == list(stages)[:-1]
+    for name in list(stages)[:-1]:
+        assert f"{name}: already done" in err
+    assert stages["report"]["status"] == "done"
+    after = _mtimes(root, "runs/**/manifest.json") | _mtimes(root, "evals/**/summary.jsonl") | \
+        _mtimes(root, "runs/**/model.safetensors")
+    assert after == before
+    assert "## Did the claims hold?" in (root / "REPORT.md").read_text()
+
+
+# --------------------------------------------------------------------------- a small custom study
+
+SMALL = {
+    "name": "small",
+    "model": "tiny-random-llama",
+    "tasks": ["sst2"],
+    "probes": ["arc_easy"],
+    "arms": ["base", "zero-shot", "few-shot"],
+    # shots 100 is more than the tiny sst2 train split holds: the few-shot arm cannot build one sequence,
+    # while the zero-shot arm ignores the setting
+    "train": {"max_seq_len": 256, "max_steps": 2, "shots": 100, "learning_rate": 0.001},
+    "eval": {"shots": ["0"], "limit": 3, "backend": "hf", "dtype": "float32", "batch_size": 8},
+}
+
+
+def _alive(pids: list[int]) -> list[int]:
+    import psutil
+
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            pytest.fail(f"the study exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+    pytest.fail(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
+
+
+def test_killed_study_resumes_and_a_failed_stage_blocks_only_its_evaluation(study_env, tiny_data, tmp_path):
+    import psutil
+
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(SMALL))
+    root = tmp_path / "small"
+    log = tmp_path / "first-run.log"
+    cmd = [sys.executable, "-m", "harness.cli", "study", "--config", str(config), "--data-dir", str(tiny_data),
+           "-o", str(root)]
+
+    def stage_status(name: str):
+        state = root / "state.json"
+        try:
+            return json.loads(state.read_text())["stages"].get(name, {}).get("status") if state.exists() else None
+        except json.JSONDecodeError:
+            return None
+
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=os.environ | {"COLUMNS": "200"})
+    try:
+        _wait_for(lambda: stage_status("train:zero-shot") == "done", 300, "train:zero-shot finished", proc, log)
+        # kill it while the next stage (eval:zero-shot) runs in its child process
+        children = _wait_for(lambda: [c.pid for c in psutil.Process(proc.pid).children(recursive=True)], 60,
+                             "the eval:zero-shot child started", proc, log)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # the stage child runs in a session of its own; it must not outlive the study and race with the re-run
+    deadline = time.monotonic() + 20
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    orphans = _alive(children)
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "a stage process outlived the killed study"
+    assert stage_status("eval:base") == "done" and stage_status("eval:zero-shot") is None
+    assert not (root / "REPORT.md").exists()
+    def finished_outputs() -> dict[str, int]:
+        # the trained run, and the base evaluation's scores (its config.yaml and manifest.json are rewritten
+        # whenever a fine-tuned model's evaluation reuses its probe scores)
+        return _mtimes(root, "runs/zero-shot/**/*") | _mtimes(root, "evals/base/summary.jsonl") | \
+            _mtimes(root, "evals/base/samples/*") | _mtimes(root, "evals/base/lm_eval_results/*")
+
+    finished = finished_outputs()
+    assert any(name.endswith("model.safetensors") for name in finished) and "evals/base/summary.jsonl" in finished
+
+    code, out, err = _harness(["study", "--config", str(config), "--data-dir", str(tiny_data), "-o", str(root)])
+    assert code == 0, err[-3000:]
+    text = _one_line(err)
+    assert "eval:base: already done" in text and "train:zero-shot: already done" in text
+    assert "eval:zero-shot: done in" in text
+    failed_log = root / "logs" / "train-few-shot.log"
+    assert f"train:few-shot: FAILED (exit 2); log: {failed_log}" in text
+    assert "eval:few-shot: blocked" in text and "report: done" in text
+    assert finished_outputs() == finished  # not redone
+    assert "Error:" in failed_log.read_text()
+
+    stages = json.loads((root / "state.json").read_text())["stages"]
+    assert {name: s["status"] for name, s in stages.items()} == {
+        "eval:base": "skipped", "train:zero-shot": "skipped", "eval:zero-shot": "done",
+        "train:few-shot": "failed", "eval:few-shot": "blocked", "report": "done"}
+    assert stages["train:few-shot"]["log"] == str(failed_log) == stages["eval:few-shot"]["log"]
+    assert not (root / "runs" / "few-shot" / "final").exists() and not (root / "evals" / "few-shot").exists()
+    zero = _records(root / "evals" / "zero-shot" / "summary.jsonl")
+    assert {(r["task"], r["shots"], r["role"]) for r in zero} == {("sst2", "0", "train"), ("arc_easy", "0", "probe")}
+
+    report = (root / "REPORT.md").read_text()
+    assert "## Stages that did not finish" in report
+    assert f"- `train:few-shot`: failed; log: `{failed_log}`" in report
+    assert f"- `eval:few-shot`: blocked; log: `{failed_log}`" in report
+    assert "## Did the claims hold?" in report and "| not run |" in report  # manyicl was not an arm
+    board = json.loads((root / "leaderboard.json").read_text())
+    assert [r["method"] for r in board["rows"]] == ["base", "zero-shot"]
+    assert "forgetting @0" in board["rows"][1]["cells"]
+
+
+# --------------------------------------------------------------------------- bad study files
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"colour": "blue"}, "Unknown study setting `colour`"),
+    ({"arms": ["base", "magic"]}, "Unknown arm `magic`"),
+    ({"heldout": ["sst2"]}, "sst2 cannot be both trained on and held out"),
+    ({"train": {"max_seq_len": 256}}, "needs a matched budget"),
+    ({"train": {"max_steps": 1, "colour": 1}}, "`train.colour` is not a shared training setting"),
+    ({"train": {"max_steps": 1, "method": "manyicl"}}, "`train.method` is not a shared training setting"),
+    ({"eval": {"model": "x"}}, "`eval.model` is not a shared evaluation setting"),
+    ({"eval": {"shots": ["0", "x"]}}, "--shots value `x`"),
+])
+def test_bad_study_file_is_one_clear_sentence(change, words, tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(SMALL | change))
+    root = tmp_path / "never"
+    code, out, err = _harness(["study", "--config", str(config), "-o", str(root)])
+    assert code == 2, (out, err)
+    assert words in _one_line(err)
+    assert err.strip().startswith("Error:") and len(err.strip().splitlines()) <= 2 and "Traceback" not in err
+    assert not root.exists()  # refused before anything ran
+
+
+def test_unknown_preset_and_missing_study_file(tmp_path):
+    code, _, err = _harness(["study", "--preset", "huge"])
+    assert code == 2 and "Unknown preset `huge`; choose one of demo, paper, smoke." in _one_line(err)
+    code, _, err = _harness(["study", "--config", str(tmp_path / "nope.yaml")])
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+    code, _, err = _harness(["study"])
+    assert code == 2 and "Give a study" in err
+
+
+def test_every_preset_is_a_valid_study():
+    from harness.study import PRESETS_DIR, load_study, plan_stages
+
+    for path in sorted(PRESETS_DIR.glob("*.yaml")):
+        cfg = load_study(None, path.stem, {"output_dir": "/tmp/unused"})
+        stages = plan_stages(cfg)
+        assert stages[-1].name == "report" and len(stages) == 2 * len(cfg.arms) - ("base" in cfg.arms) + 1
