@@ -459,7 +459,7 @@ def _collect(results: dict[str, Any], prompt_sets: dict[str, tuple[PromptSet, st
         records.append(ResultRecord(
             model=mut.display_name, model_path=mut.model.adapter or mut.model.path, base_model=mut.base_model,
             method=mut.method, task=task.name, family=task.family, role=role, shots=prompts.shots,
-            shots_min=min(used), shots_mean=round(statistics.mean(used), 2), shots_max=max(used),
+            shots_min=min(used), shots_mean=round(statistics.fmean(used), 2), shots_max=max(used),
             metric=task.metric, value=value, stderr=stderr, seed=prompts.seed, num_docs=len(prompts.docs),
             backend=backend, format=fmt, max_length=max_length, created=stamp))
     return records
