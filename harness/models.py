@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,17 +127,22 @@ def tiny_model_path() -> Path:
     # Versioned: the cached build changes when the builder does (v2: head size 32, which vLLM-CPU supports).
     target = cache_dir() / "models" / f"{TINY_MODEL}-v2"
     if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-        try:
-            build_tiny_model(tmp)
-            if target.exists():
-                shutil.rmtree(target)
-            tmp.rename(target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        _write_folder_atomically(target, build_tiny_model)
     return target
+
+
+def _write_folder_atomically(target: Path, write: Callable[[Path], object]) -> None:
+    """Let `write` fill a temporary folder beside `target`, then move it into place: never a half-written model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def convert_gguf(source: Path, target: Path) -> Path:
@@ -161,16 +167,11 @@ def convert_gguf(source: Path, target: Path) -> Path:
     # Tied embeddings appear as a missing lm_head; anything else means the conversion went wrong.
     if [k for k in missing if not k.startswith("lm_head")] or unexpected:
         raise HarnessError(f"Converting {source} failed: missing {missing[:3]}, unexpected {unexpected[:3]}.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "harness_source.json").write_text(json.dumps({"gguf": str(source), "dtype": "bfloat16"}))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "harness_source.json").write_text(json.dumps({"gguf": str(source), "dtype": "bfloat16"}))
+
+    _write_folder_atomically(target, write)
     return target
