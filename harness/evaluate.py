@@ -20,7 +20,7 @@ from harness.errors import HarnessError
 from harness.models import ResolvedModel, resolve_model
 from harness.results import SUMMARY_FILE, ResultRecord, read_records, write_records
 from harness.runs import base_manifest, new_run_dir, read_json, results_dir, utc_stamp, write_json, write_yaml
-from tasks.registry import Example, TaskData, TaskDef, load_examples, parse_task_list
+from tasks.registry import Example, TaskData, TaskDef, load_examples, parse_task_list, resolve_data_dir
 from train.sequences import Renderer
 from train.trainer import CHECKPOINT_INFO, load_tokenizer, resolve_format
 
@@ -477,14 +477,18 @@ def _short(value: Any) -> Any:
 def _base_probe_records(cfg: EvalConfig, mut: ModelUnderTest, plan, out: Path) -> None:
     """The base model's probe scores under the same settings, reused from a cache when present, copied into
     `out/base/` so a leaderboard over `out` can compute forgetting."""
+    # the data directory is part of the key: other data means other probe documents
     key = json.dumps([mut.base_model, cfg.limit, cfg.max_length or mut.max_seq_len or 2048,
-                      cfg.format if cfg.format != "auto" else mut.format, cfg.dtype], default=str)
+                      cfg.format if cfg.format != "auto" else mut.format, cfg.dtype,
+                      resolve_data_dir(cfg.data_dir)], default=str)
     cache = Path(cfg.base_results) if cfg.base_results else (
         results_dir() / "base-probes" / (Path(mut.base_model).name[:40] + "-" + hashlib.sha256(key.encode()).hexdigest()[:10]))
     probe_names = sorted({t.name for t, role, _ in plan if role == "probe"})
     shots = sorted({s for _, role, s in plan if role == "probe"})
+    # --server-url serves the checkpoint: the base model is scored by a backend of our own, never on that server
     base_cfg = dataclasses.replace(cfg, model=mut.base_model, tasks=probe_names, heldout=[], probes=False,
                                    shots=shots, method="base", output_dir=str(cache), base_results=None,
+                                   server_url=None, served_model=None,
                                    max_length=cfg.max_length or mut.max_seq_len or 2048,
                                    format=cfg.format if cfg.format != "auto" else (mut.format or "auto"))
     run_evaluation(base_cfg)

@@ -318,6 +318,45 @@ def test_probes_score_the_checkpoint_and_reuse_the_base_scores(probed, checkpoin
     assert len(json.loads((cache / "manifest.json").read_text())["runs"]) == 1
 
 
+def test_base_probe_cache_is_not_shared_across_data_directories(checkpoint, tiny_model, common, tmp_path,
+                                                                 monkeypatch):
+    from tests.fixtures import build_data_dir
+
+    other_data = build_data_dir(tmp_path / "other-data", rows=24)  # other rows: other probe documents
+    args = ["evaluate", "--model", str(checkpoint), "--tasks", "sst2", "--shots", "0", "--probe-tasks", "arc_easy",
+            "--limit", "3", *common]
+    _ok([*args, "-o", str(tmp_path / "a")])
+    spy = SimpleEvaluateSpy(monkeypatch)
+    at = args.index("--data-dir")
+    args[at + 1] = str(other_data)
+    _ok([*args, "-o", str(tmp_path / "b")])
+    # the base model is scored again on the other data's probe documents, not taken from the first cache
+    assert [call["model_args"]["pretrained"] for call in spy.calls] == [
+        str((checkpoint / "final").resolve()), str(Path(tiny_model).resolve())]
+    assert len(list((tmp_path / "results" / "base-probes").iterdir())) == 2
+
+
+def test_base_probes_are_not_scored_on_the_checkpoints_server(checkpoint, tiny_model, common, tmp_path,
+                                                               monkeypatch):
+    """With --server-url the checkpoint is scored on that server; the base model's probe scores must not be."""
+    import harness.evaluate
+
+    calls = []
+
+    def fake_run_lm_eval(task_names, include_path, mut, cfg, backend, max_length, log_dir):
+        calls.append({"model": mut.model.path, "server_url": cfg.server_url, "served_model": cfg.served_model})
+        return {"results": {name: {"acc,none": 0.5, "acc_stderr,none": 0.1} for name in task_names}, "samples": {}}
+
+    monkeypatch.setattr(harness.evaluate, "run_lm_eval", fake_run_lm_eval)
+    _ok(["evaluate", "--model", str(checkpoint), "--tasks", "sst2", "--shots", "0", "--probe-tasks", "arc_easy",
+         "--limit", "2", "--data-dir", common[1], "--max-length", "512",
+         "--server-url", "http://127.0.0.1:9/v1", "--served-model", "tuned", "-o", str(tmp_path / "out")])
+    assert calls[0] == {"model": str((checkpoint / "final").resolve()), "server_url": "http://127.0.0.1:9/v1",
+                        "served_model": "tuned"}
+    assert calls[1] == {"model": str(Path(tiny_model).resolve()), "server_url": None, "served_model": None}
+    assert len(calls) == 2
+
+
 def test_leaderboard_shows_forgetting_in_every_format(probed, checkpoint):
     first, _, _ = probed
     tuned = {r["task"]: r["value"] for r in _records(first / "summary.jsonl")}
