@@ -4,6 +4,7 @@ lm-eval (vLLM server or transformers), and keep one summary record per (model, t
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 METRIC_KEYS = {"accuracy": "acc", "exact_match_number": "exact_match", "rouge_l": "rouge_l"}
 BACKENDS = ("auto", "vllm", "hf")
 # Settings that change the numbers: a re-run into the same directory must keep them.
-_PINNED = ("limit", "max_length", "format", "dtype")
+_PINNED = ("limit", "max_length", "format", "dtype", "data_dir")
 
 
 @dataclass
@@ -372,8 +373,10 @@ def run_evaluation(cfg: EvalConfig) -> Path:
     tokenizer = load_tokenizer(mut.model)
     fmt = resolve_format(tokenizer, cfg.format if cfg.format != "auto" else (mut.format or "auto"))
     max_length = cfg.max_length or mut.max_seq_len or 2048
+    data_dir = resolve_data_dir(cfg.data_dir)
     resolved = to_dict(cfg) | {"format": fmt, "max_length": max_length, "dtype": _dtype(cfg),
-                               "model_path": mut.model.path, "adapter": mut.model.adapter, "method": mut.method}
+                               "model_path": mut.model.path, "adapter": mut.model.adapter, "method": mut.method,
+                               "data_dir": str(data_dir) if data_dir else None}
     _check_pinned(out, resolved)
 
     summary_path = out / SUMMARY_FILE
@@ -383,7 +386,9 @@ def run_evaluation(cfg: EvalConfig) -> Path:
     model_key = mut.model.adapter or mut.model.path
     todo = [(t, role, s, seed) for t, role, s in plan for seed in seeds if (model_key, t.name, s, seed) not in done]
     out.mkdir(parents=True, exist_ok=True)
-    write_yaml(out / "config.yaml", resolved)
+    if not (out / "config.yaml").exists():
+        # The first call's settings pin the directory (see _check_pinned); later calls are listed in the manifest.
+        write_yaml(out / "config.yaml", resolved)
 
     records = list(existing)
     timing: dict[str, Any] = {}
@@ -400,7 +405,12 @@ def run_evaluation(cfg: EvalConfig) -> Path:
         results = run_lm_eval(list(prompt_sets), include, mut, cfg, backend, max_length, out)
         seconds = time.time() - started
         n_docs = sum(len(p.docs) for p, _ in prompt_sets.values())
-        timing = {"backend": backend, "documents": n_docs, "seconds": round(seconds, 1),
+        skipped = {name: p.skipped for name, (p, _) in prompt_sets.items() if p.skipped}
+        for name, count in skipped.items():
+            log.warning("%s: %d document(s) do not fit in %d tokens even without demonstrations; skipped.",
+                        name, count, max_length)
+        timing = {"tasks": sorted({t.name for t, _, _, _ in todo}), "shots": sorted({s for _, _, s, _ in todo}),
+                  "backend": backend, "documents": n_docs, "skipped_documents": skipped, "seconds": round(seconds, 1),
                   "documents_per_second": round(n_docs / max(seconds, 1e-9), 3)}
         new = _collect(results, prompt_sets, mut, backend, fmt, max_length, out)
         records += new
@@ -432,6 +442,7 @@ def _check_pinned(out: Path, resolved: dict[str, Any]) -> None:
 def _collect(results: dict[str, Any], prompt_sets: dict[str, tuple[PromptSet, str]], mut: ModelUnderTest,
              backend: str, fmt: str, max_length: int, out: Path) -> list[ResultRecord]:
     stamp = utc_stamp()
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     lm_dir = out / "lm_eval_results"
     lm_dir.mkdir(exist_ok=True)
     samples = results.pop("samples", {}) or {}
@@ -461,7 +472,7 @@ def _collect(results: dict[str, Any], prompt_sets: dict[str, tuple[PromptSet, st
             method=mut.method, task=task.name, family=task.family, role=role, shots=prompts.shots,
             shots_min=min(used), shots_mean=round(statistics.fmean(used), 2), shots_max=max(used),
             metric=task.metric, value=value, stderr=stderr, seed=prompts.seed, num_docs=len(prompts.docs),
-            backend=backend, format=fmt, max_length=max_length, created=stamp))
+            backend=backend, format=fmt, max_length=max_length, created=created))
     return records
 
 

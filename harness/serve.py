@@ -147,7 +147,7 @@ def server_env(*, api_key: str, on_cpu: bool, fast_start: bool, cache_root: Path
     return env
 
 
-def _die_with_parent():
+def die_with_parent():
     """A preexec_fn asking the kernel to SIGTERM the server when the harness dies, even by SIGKILL.
 
     Linux only (prctl PR_SET_PDEATHSIG); the signal follows the *thread* that started the server. Everything
@@ -292,7 +292,7 @@ def _launch(cmd: list[str], env: dict[str, str], log_path: Path, append: bool) -
         log.flush()
         process = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, preexec_fn=_die_with_parent())
+            start_new_session=True, preexec_fn=die_with_parent())
     with _LIVE_LOCK:
         _LIVE[process.pid] = process
     return process

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from harness.config import TrainConfig, _split_list, setting, to_dict
 from harness.errors import HarnessError
 from harness.evaluate import EvalConfig, parse_shots
 from harness.runs import base_manifest, read_json, results_dir, write_json, write_yaml
+from harness.serve import die_with_parent
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 ARMS = ("base", "zero-shot", "few-shot", "many-shot-last", "manyicl", "manyicl-full", "dedicated")
@@ -181,8 +183,10 @@ def run_stage_process(stage: Stage, root: Path, on_line: Callable[[str], None]) 
     with open(log_path, "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(_child_command(stage, config_path))}\n".encode())
         log.flush()
+        # Its own session (so stopping it stops what it started, a vLLM server included), and the kernel
+        # ends it if the study dies.
         proc = subprocess.Popen(_child_command(stage, config_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, preexec_fn=die_with_parent())
         try:
             assert proc.stdout is not None
             buffer = b""
@@ -236,6 +240,9 @@ def run_study(cfg: StudyConfig, display: Any = None) -> Path:
     root = cfg.directory
     root.mkdir(parents=True, exist_ok=True)
     write_yaml(root / "study.yaml", to_dict(cfg))
+    if threading.current_thread() is threading.main_thread():
+        # A polite kill (SIGTERM) unwinds like Ctrl-C, so the running stage and its children are stopped too.
+        signal.signal(signal.SIGTERM, _raise_exit)
     stages = plan_stages(cfg)
     state_path = root / "state.json"
     state = read_json(state_path) if state_path.exists() else {"stages": {}}
@@ -287,6 +294,10 @@ def run_study(cfg: StudyConfig, display: Any = None) -> Path:
         "stages": {k: v.status for k, v in results.items()}})
     display.finish(time.time() - started)
     return root
+
+
+def _raise_exit(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _estimate(remaining: list[Stage], durations: dict[str, list[float]]) -> float | None:

@@ -278,6 +278,9 @@ def pack_task(data: TaskData, renderer: Renderer, method: str, max_seq_len: int,
         groups = [[ex] for ex in fits]
     elif method == "few-shot":
         size = shots + 1
+        if len(fits) < size:
+            raise HarnessError(f"few-shot with --shots {shots} needs {size} train examples of task {data.task.name} "
+                               f"per sequence, and it has {len(fits)}; lower --shots.")
         for start in range(0, len(fits) - size + 1, size):
             group = fits[start:start + size]
             while len(group) > 1 and frame_cost(renderer, len(group)) + sum(example_cost(e, renderer) for e in group) > max_seq_len:
