@@ -202,7 +202,8 @@ def evaluate(
     from harness.leaderboard import build_leaderboard, render
     from harness.results import read_records
 
-    console.print(render(build_leaderboard(read_records([out]), by="task"), "table"))
+    console.print(render(build_leaderboard(read_records([out]), by="task", roles=("train", "heldout", "probe")),
+                         "table"))
     console.print(f"[dim]Results in {out}[/dim]")
 
 

@@ -289,6 +289,9 @@ def run_lm_eval(task_names: list[str], include_path: Path, mut: ModelUnderTest, 
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    # Our prompts already carry the chat template; lm-eval's advice to apply one would mislead.
+    logging.getLogger("lm_eval.evaluator").addFilter(
+        lambda record: "chat template is not applied" not in record.getMessage())
     manager = TaskManager(include_path=str(include_path), include_defaults=False)
     common = {"tasks": task_names, "task_manager": manager, "log_samples": True,
               "random_seed": cfg.seed, "numpy_random_seed": cfg.seed, "torch_random_seed": cfg.seed,
