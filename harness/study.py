@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -191,7 +192,12 @@ def run_stage_process(stage: Stage, root: Path, on_line: Callable[[str], None]) 
             assert proc.stdout is not None
             buffer = b""
             while True:
-                chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
+                # Wait in short slices: a signal (Ctrl-C, SIGTERM) may land on another thread (the display's),
+                # and Python only runs its handler once this thread is back in the interpreter.
+                ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+                if not ready:
+                    continue
+                chunk = proc.stdout.read1(4096)
                 if not chunk:
                     break
                 log.write(chunk)

@@ -280,6 +280,38 @@ def test_killed_study_resumes_and_a_failed_stage_blocks_only_its_evaluation(stud
     assert "forgetting @0" in board["rows"][1]["cells"]
 
 
+def test_sigterm_stops_the_study_and_its_running_stage(study_env, tiny_data, tmp_path):
+    """A polite kill unwinds like Ctrl-C: the study exits promptly and takes its running stage with it."""
+    import psutil
+
+    slow = SMALL | {"arms": ["zero-shot"], "train": {"max_seq_len": 256, "max_steps": 100_000, "learning_rate": 0.001}}
+    config = tmp_path / "slow.yaml"
+    config.write_text(yaml.safe_dump(slow))
+    log = tmp_path / "run.log"
+    cmd = [sys.executable, "-m", "harness.cli", "study", "--config", str(config), "--data-dir", str(tiny_data),
+           "-o", str(tmp_path / "slow")]
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        children = _wait_for(lambda: [c.pid for c in psutil.Process(proc.pid).children(recursive=True)], 120,
+                             "the train:zero-shot child started", proc, log)
+        time.sleep(3)  # let the stage get going
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # the study alone, as `kill PID` would
+        code = proc.wait(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert code == 128 + signal.SIGTERM
+    assert took < 45, f"the study took {took:.0f} s to stop"
+    deadline = time.monotonic() + 20
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(children), "the running stage outlived the study"
+
+
 # --------------------------------------------------------------------------- bad study files
 
 
