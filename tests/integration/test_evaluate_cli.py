@@ -13,36 +13,19 @@ import shutil
 import statistics
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 import yaml
 
 from harness.results import SCHEMA_VERSION, ResultRecord
+from tests.helpers import run_harness as _harness
 
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
 PNG = b"\x89PNG\r\n\x1a\n"
 FIELDS = {f.name for f in dataclasses.fields(ResultRecord)}
-
-
-def _harness(args: list[str]) -> tuple[int, str, str]:
-    """Run `harness ARGS` in this process through `main` (HarnessError -> one line, exit 2)."""
-    from harness.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "argv", ["harness", *args])
-        mp.setenv("COLUMNS", "1000")  # one message is one line
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _ok(args: list[str]) -> str:

@@ -3,45 +3,26 @@ after the study was killed midway), a failed stage that blocks only what needs i
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.helpers import alive as _alive
+from tests.helpers import one_line as _one_line
+from tests.helpers import run_harness as _harness
 
 pytestmark = pytest.mark.integration
 
 SMOKE_ARMS = ["base", "zero-shot", "few-shot", "many-shot-last", "manyicl", "dedicated"]
 TRAINED = [a for a in SMOKE_ARMS if a != "base"]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _harness(args: list[str]) -> tuple[int, str, str]:
-    """Run `harness ARGS` in this process through `main` (HarnessError -> one line, exit 2)."""
-    from harness.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "argv", ["harness", *args])
-        mp.setenv("COLUMNS", "1000")
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    return code, out.getvalue(), err.getvalue()
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _records(path: Path) -> list[dict]:
@@ -173,19 +154,6 @@ SMALL = {
     "train": {"max_seq_len": 256, "max_steps": 2, "shots": 100, "learning_rate": 0.001},
     "eval": {"shots": ["0"], "limit": 3, "backend": "hf", "dtype": "float32", "batch_size": 8},
 }
-
-
-def _alive(pids: list[int]) -> list[int]:
-    import psutil
-
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path):

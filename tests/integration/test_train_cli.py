@@ -14,40 +14,13 @@ import pytest
 import yaml
 
 from harness.errors import HarnessError
+from tests.helpers import one_line as _one_line
+from tests.helpers import run_harness as _harness
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = Path(sys.executable).parent / "harness"
-
-
-def _harness(args: list[str], monkeypatch: pytest.MonkeyPatch | None = None) -> tuple[int, str, str]:
-    """Run `harness ARGS` in this process through the console-script entry point (`main`, which turns a
-    HarnessError into one line and an exit code). Returns the exit code, stdout and stderr."""
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
-
-    from harness.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    ctx = monkeypatch or pytest.MonkeyPatch()
-    try:
-        ctx.setattr(sys, "argv", ["harness", *args])
-        ctx.setenv("COLUMNS", "1000")  # rich wraps long lines at 80 columns; one message is one line
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    finally:
-        if monkeypatch is None:
-            ctx.undo()
-    return code, out.getvalue(), err.getvalue()
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _read(path: Path):

@@ -27,6 +27,7 @@ from harness.serve import (
     vllm_server,
 )
 from tests.fixtures import build_tiny_model
+from tests.helpers import alive as _alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")]
 
@@ -35,19 +36,6 @@ REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 600
 SERVER_KWARGS = {"dtype": "float32", "max_model_len": 512, "fast_start": True, "startup_timeout": STARTUP_TIMEOUT}
 PROMPT_TEXT = "Question: what is the movie about? Answer: the plot has a good actor and a bad film"
-
-
-def _alive(pids: list[int]) -> list[int]:
-    import psutil
-
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 def _tree(pid: int) -> list[int]:
