@@ -21,7 +21,7 @@ def setting(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's 
     return field(default=default, metadata={"help": help})
 
 
-def _split_list(value: Any) -> list[str]:
+def split_list(value: Any) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
@@ -61,7 +61,7 @@ class TrainConfig:
     save_steps: int = setting(50, "checkpoint every N steps (for --resume)")
 
     def __post_init__(self):
-        self.tasks = _split_list(self.tasks)
+        self.tasks = split_list(self.tasks)
 
     @property
     def budget_given(self) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import _split_list, setting, to_dict
+from harness.config import setting, split_list, to_dict
 from harness.errors import HarnessError
 from harness.models import ResolvedModel, resolve_model
 from harness.results import SUMMARY_FILE, ResultRecord, read_records, write_records
@@ -60,7 +60,7 @@ class EvalConfig:
 
     def __post_init__(self):
         for name in ("tasks", "shots", "heldout", "probe_tasks", "probe_shots"):
-            setattr(self, name, _split_list(getattr(self, name)))
+            setattr(self, name, split_list(getattr(self, name)))
 
 
 def parse_shots(values: list[str], flag: str = "--shots") -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from harness.config import TrainConfig, _split_list, setting, to_dict
+from harness.config import TrainConfig, setting, split_list, to_dict
 from harness.errors import HarnessError
 from harness.evaluate import EvalConfig, parse_shots
 from harness.runs import base_manifest, read_json, results_dir, write_json, write_yaml
@@ -52,7 +52,7 @@ class StudyConfig:
 
     def __post_init__(self):
         for name in ("tasks", "heldout", "probes", "arms"):
-            setattr(self, name, _split_list(getattr(self, name)))
+            setattr(self, name, split_list(getattr(self, name)))
 
     @property
     def directory(self) -> Path:
@@ -108,7 +108,7 @@ def _validate(cfg: StudyConfig) -> None:
     train = TrainConfig(**cfg.train)
     if not train.budget_given:
         raise HarnessError("The study needs a matched budget: set train.max_steps and/or train.max_tokens.")
-    parse_shots(_split_list(cfg.eval.get("shots", ["0", "5", "many"])))
+    parse_shots(split_list(cfg.eval.get("shots", ["0", "5", "many"])))
 
 
 # --------------------------------------------------------------------------- stages
