@@ -449,7 +449,13 @@ def _collect(results: dict[str, Any], prompt_sets: dict[str, tuple[PromptSet, st
     lm_dir = out / "lm_eval_results"
     lm_dir.mkdir(exist_ok=True)
     samples = results.pop("samples", {}) or {}
-    write_json(lm_dir / f"results-{stamp}.json", results)
+    # One file per lm-eval call; two calls can fall in the same second.
+    target = lm_dir / f"results-{stamp}.json"
+    serial = 1
+    while target.exists():
+        serial += 1
+        target = lm_dir / f"results-{stamp}-{serial}.json"
+    write_json(target, results)
     samples_dir = out / "samples"
     samples_dir.mkdir(exist_ok=True)
     records = []

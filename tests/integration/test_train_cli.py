@@ -350,7 +350,8 @@ def test_preview_table_and_preview_errors(tiny_model, tiny_data):
     assert code == 2 and "--index 999 is out of range" in _one_line(err)
 
 
-def test_tasks_validate_exit_codes(tiny_data, tmp_path):
+def test_tasks_validate_exit_codes(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)  # CI sets it; this test needs it unset
     code, out, err = _harness(["tasks", "validate", "--data-dir", str(tiny_data)])
     assert code == 0, err
     assert out.count("✓") == 15
