@@ -256,6 +256,16 @@ def describe_model(spec: str | None, method: str | None = None) -> ModelUnderTes
 # --------------------------------------------------------------------------- running lm-eval
 
 
+def context_length(cfg: EvalConfig, mut: ModelUnderTest) -> int:
+    """The context prompts are fitted into: --max-length, else the checkpoint's max_seq_len, else 2048."""
+    return cfg.max_length or mut.max_seq_len or 2048
+
+
+def requested_format(cfg: EvalConfig, mut: ModelUnderTest) -> str:
+    """--format, else the format the checkpoint was trained in, else auto (chat when there is a template)."""
+    return cfg.format if cfg.format != "auto" else (mut.format or "auto")
+
+
 def _device() -> str:
     import torch
 
@@ -283,15 +293,18 @@ def _backend(cfg: EvalConfig) -> str:
     return cfg.backend
 
 
+def _drop_chat_template_advice(record: logging.LogRecord) -> bool:
+    """Our prompts already carry the chat template; lm-eval's advice to apply one would mislead."""
+    return "chat template is not applied" not in record.getMessage()
+
+
 def run_lm_eval(task_names: list[str], include_path: Path, mut: ModelUnderTest, cfg: EvalConfig, backend: str,
                 max_length: int, log_dir: Path) -> dict[str, Any]:
     """Score the generated tasks through lm-eval with one model load (or one server)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    # Our prompts already carry the chat template; lm-eval's advice to apply one would mislead.
-    logging.getLogger("lm_eval.evaluator").addFilter(
-        lambda record: "chat template is not applied" not in record.getMessage())
+    logging.getLogger("lm_eval.evaluator").addFilter(_drop_chat_template_advice)
     manager = TaskManager(include_path=str(include_path), include_defaults=False)
     common = {"tasks": task_names, "task_manager": manager, "log_samples": True,
               "random_seed": cfg.seed, "numpy_random_seed": cfg.seed, "torch_random_seed": cfg.seed,
@@ -338,6 +351,7 @@ class _ExternalServer:
 def _plan(cfg: EvalConfig, mut: ModelUnderTest) -> list[tuple[TaskDef, str, str]]:
     """(task, role, shots) for everything asked, probes included when on."""
     shots = parse_shots(cfg.shots)
+    probe_shots = parse_shots(cfg.probe_shots, "--probe-shots")
     plan: list[tuple[TaskDef, str, str]] = []
     tasks = parse_task_list(cfg.tasks) if cfg.tasks else []
     held = parse_task_list(cfg.heldout) if cfg.heldout else []
@@ -345,10 +359,9 @@ def _plan(cfg: EvalConfig, mut: ModelUnderTest) -> list[tuple[TaskDef, str, str]
     listed_names = {t.name for t in tasks}
     for task in tasks + [t for t in held if t.name not in listed_names]:
         role = "probe" if task.probe else ("heldout" if task.name in heldout else "train")
-        plan += [(task, role, s) for s in (parse_shots(cfg.probe_shots, "--probe-shots") if task.probe else shots)]
+        plan += [(task, role, s) for s in (probe_shots if task.probe else shots)]
     probes_on = mut.is_finetuned if cfg.probes is None else cfg.probes
     if probes_on:
-        probe_shots = parse_shots(cfg.probe_shots, "--probe-shots")
         listed = {t.name for t, _, _ in plan}
         for probe in parse_task_list(cfg.probe_tasks):
             if not probe.probe:
@@ -374,8 +387,8 @@ def run_evaluation(cfg: EvalConfig) -> Path:
     backend = _backend(cfg)
     out = Path(cfg.output_dir) if cfg.output_dir else new_run_dir("evals", mut.display_name, "eval")
     tokenizer = load_tokenizer(mut.model)
-    fmt = resolve_format(tokenizer, cfg.format if cfg.format != "auto" else (mut.format or "auto"))
-    max_length = cfg.max_length or mut.max_seq_len or 2048
+    fmt = resolve_format(tokenizer, requested_format(cfg, mut))
+    max_length = context_length(cfg, mut)
     data_dir = resolve_data_dir(cfg.data_dir)
     resolved = to_dict(cfg) | {"format": fmt, "max_length": max_length, "dtype": _dtype(cfg),
                                "model_path": mut.model.path, "adapter": mut.model.adapter, "method": mut.method,
@@ -487,9 +500,7 @@ def _collect(results: dict[str, Any], prompt_sets: dict[str, tuple[PromptSet, st
 
 def _short(value: Any) -> Any:
     """Per-sample responses, with log-likelihood pairs flattened to numbers."""
-    if isinstance(value, list):
-        return [_short(v) for v in value]
-    if isinstance(value, tuple):
+    if isinstance(value, list | tuple):
         return [_short(v) for v in value]
     return value
 
@@ -498,8 +509,8 @@ def _base_probe_records(cfg: EvalConfig, mut: ModelUnderTest, plan, out: Path) -
     """The base model's probe scores under the same settings, reused from a cache when present, copied into
     `out/base/` so a leaderboard over `out` can compute forgetting."""
     # the data directory is part of the key: other data means other probe documents
-    key = json.dumps([mut.base_model, cfg.limit, cfg.max_length or mut.max_seq_len or 2048,
-                      cfg.format if cfg.format != "auto" else mut.format, cfg.dtype,
+    max_length, fmt = context_length(cfg, mut), requested_format(cfg, mut)
+    key = json.dumps([mut.base_model, cfg.limit, max_length, fmt if fmt != "auto" else None, cfg.dtype,
                       resolve_data_dir(cfg.data_dir)], default=str)
     cache = Path(cfg.base_results) if cfg.base_results else (
         results_dir() / "base-probes" / (Path(mut.base_model).name[:40] + "-" + hashlib.sha256(key.encode()).hexdigest()[:10]))
@@ -509,8 +520,7 @@ def _base_probe_records(cfg: EvalConfig, mut: ModelUnderTest, plan, out: Path) -
     base_cfg = dataclasses.replace(cfg, model=mut.base_model, tasks=probe_names, heldout=[], probes=False,
                                    shots=shots, method="base", output_dir=str(cache), base_results=None,
                                    server_url=None, served_model=None,
-                                   max_length=cfg.max_length or mut.max_seq_len or 2048,
-                                   format=cfg.format if cfg.format != "auto" else (mut.format or "auto"))
+                                   max_length=max_length, format=fmt)
     run_evaluation(base_cfg)
     target = out / "base"
     target.mkdir(exist_ok=True)

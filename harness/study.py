@@ -152,21 +152,15 @@ def plan_stages(cfg: StudyConfig) -> list[Stage]:
     return stages
 
 
-def stage_done(stage: Stage, cfg: StudyConfig) -> bool:
-    """Whether a stage's outputs are complete, read from its run or evaluation directory."""
+def stage_done(stage: Stage) -> bool:
+    """Whether a train or eval stage's outputs are complete, read from its run or evaluation directory.
+    (The report stage always runs: it is cheap and reflects whatever finished.)"""
+    out = Path(stage.config["output_dir"])  # type: ignore[index]
     if stage.kind == "train":
-        manifest = Path(stage.config["output_dir"]) / "manifest.json"  # type: ignore[index]
+        manifest = out / "manifest.json"
         return manifest.exists() and read_json(manifest).get("status") == "complete"
-    if stage.kind == "eval":
-        marker = Path(stage.config["output_dir"]) / "study_stage_done.json"  # type: ignore[index]
-        return marker.exists() and read_json(marker).get("config") == stage.config
-    return (cfg.directory / "REPORT.md").exists() and _report_is_fresh(cfg)
-
-
-def _report_is_fresh(cfg: StudyConfig) -> bool:
-    report = cfg.directory / "REPORT.md"
-    summaries = list((cfg.directory / "evals").rglob("summary.jsonl"))
-    return bool(summaries) and all(s.stat().st_mtime <= report.stat().st_mtime for s in summaries)
+    marker = out / "study_stage_done.json"
+    return marker.exists() and read_json(marker).get("config") == stage.config
 
 
 def _child_command(stage: Stage, config_path: Path) -> list[str]:
@@ -254,9 +248,12 @@ def run_study(cfg: StudyConfig, display: Any = None) -> Path:
     state = read_json(state_path) if state_path.exists() else {"stages": {}}
     results: dict[str, StageResult] = {}
     started = time.time()
-    durations: dict[str, list[float]] = {}
-    for kind, items in (state.get("durations") or {}).items():
-        durations[kind] = list(items)
+    durations: dict[str, list[float]] = {k: list(v) for k, v in (state.get("durations") or {}).items()}
+
+    def save_state() -> None:
+        write_json(state_path, {"stages": {k: dataclasses.asdict(v) for k, v in results.items()},
+                                "durations": durations})
+
     display = display or _NullDisplay()
     display.start(len(stages))
     for index, stage in enumerate(stages):
@@ -268,11 +265,11 @@ def run_study(cfg: StudyConfig, display: Any = None) -> Path:
             continue
         if stage.kind == "report":
             t0 = time.time()
-            write_outputs(cfg, [r for r in results.values()])
+            write_outputs(cfg, list(results.values()))
             results[stage.name] = StageResult(stage.name, "done", time.time() - t0)
             display.done(stage.name, "done")
             continue
-        if stage_done(stage, cfg):
+        if stage_done(stage):
             results[stage.name] = StageResult(stage.name, "skipped", 0.0)
             display.done(stage.name, "already done")
             continue
@@ -290,11 +287,8 @@ def run_study(cfg: StudyConfig, display: Any = None) -> Path:
         else:
             results[stage.name] = StageResult(stage.name, "failed", seconds, log)
             display.done(stage.name, f"FAILED (exit {code}); log: {log}")
-        state = {"stages": {k: dataclasses.asdict(v) for k, v in results.items()},
-                 "durations": durations}
-        write_json(state_path, state)
-    state = {"stages": {k: dataclasses.asdict(v) for k, v in results.items()}, "durations": durations}
-    write_json(state_path, state)
+        save_state()
+    save_state()
     write_json(root / "manifest.json", base_manifest() | {
         "kind": "study", "name": cfg.name, "wall_time_s": round(time.time() - started, 1),
         "stages": {k: v.status for k, v in results.items()}})
