@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from harness.config import TrainConfig
+
 from harness.runs import read_json
 from train.trainer import run_training
 

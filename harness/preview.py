@@ -10,14 +10,14 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.errors import HarnessError
-from harness.models import resolve_model
+from harness.models import load_tokenizer, resolve_model
+from harness.settings import DEFAULT_MAX_LENGTH, DEFAULT_SEED
 from tasks.registry import load_examples, load_task
-from train.sequences import Renderer, TrainingSequence, pack_task
-from train.trainer import load_tokenizer, resolve_format
+from train.sequences import Renderer, TrainingSequence, pack_task, resolve_format
 
 
-def preview_sequence(task: str, method: str, model: str | None = None, fmt: str = "auto", max_seq_len: int = 2048,
-                     shots: int = 4, seed: int = 1234, data_dir: str | None = None, index: int = 0) -> dict[str, Any]:
+def preview_sequence(task: str, method: str, model: str | None = None, fmt: str = "auto", max_seq_len: int = DEFAULT_MAX_LENGTH,
+                     shots: int = 4, seed: int = DEFAULT_SEED, data_dir: str | None = None, index: int = 0) -> dict[str, Any]:
     """Build the task's sequences exactly as training would and describe sequence number `index`."""
     definition = load_task(task)
     if definition.probe:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.processes import die_with_parent, sigterm_as_exit, stop_process_group
 
 # vLLM accepts only these values for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks).
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -147,27 +148,6 @@ def server_env(*, api_key: str, on_cpu: bool, fast_start: bool, cache_root: Path
     return env
 
 
-def die_with_parent():
-    """A preexec_fn asking the kernel to SIGTERM the server when the harness dies, even by SIGKILL.
-
-    Linux only (prctl PR_SET_PDEATHSIG); the signal follows the *thread* that started the server. Everything
-    is looked up before the fork, so the child runs no imports between fork and exec.
-    """
-    if sys.platform != "linux":
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent, sigterm = os.getpid(), int(signal.SIGTERM)
-
-    def set_parent_death_signal() -> None:
-        prctl(1, sigterm)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the harness died before prctl took effect
-            os._exit(1)
-
-    return set_parent_death_signal
-
-
 _LOG_PREFIX = re.compile(r"^\(\w+ pid=\d+\) [A-Z]+ \d\d-\d\d [\d:]+ \[[^\]]*\] ?")
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b[\w.]*: \S")
 _WRAPPER_HINTS = ("root cause above", "stack trace (above)", "EngineDeadError", "Engine core initialization failed")
@@ -219,46 +199,13 @@ def post_json(url: str, payload: dict, api_key: str, timeout: float = 300) -> tu
             return err.code, {"error": body}
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def stop_server(process: subprocess.Popen, grace: float = _STOP_GRACE_S) -> None:
     """Stop the server's whole process group: SIGTERM, up to `grace` seconds, then SIGKILL."""
-    pgid = process.pid  # the server leads its own session and process group
     try:
-        if process.poll() is None:
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-        # The engine core and helpers are children of the server: give them a few seconds more to exit.
-        settle = min(deadline, time.monotonic() + 5)
-        while _group_alive(pgid) and time.monotonic() < settle:
-            time.sleep(0.1)
-    finally:  # also when the wait is interrupted (a second Ctrl-C): then the group is killed at once
-        _kill_group(process)
+        stop_process_group(process, first_signal=signal.SIGTERM, grace=grace)
+    finally:
         with _LIVE_LOCK:
             _LIVE.pop(process.pid, None)
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 @atexit.register
@@ -267,23 +214,6 @@ def _stop_all_servers() -> None:
         processes = list(_LIVE.values())
     for process in processes:
         stop_server(process, grace=5)
-
-
-def _raise_on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-    # SIGTERM becomes an ordinary exit, so `finally` blocks (and the server shutdown) run.
-    raise SystemExit(128 + signum)
-
-
-@contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _launch(cmd: list[str], env: dict[str, str], log_path: Path, append: bool) -> subprocess.Popen:
@@ -386,7 +316,7 @@ def vllm_server(
     env = server_env(api_key=api_key, on_cpu=vllm_runs_on_cpu(), fast_start=fast_start, cache_root=cache_root)
     deadline = time.monotonic() + startup_timeout
 
-    with _sigterm_as_exit():
+    with sigterm_as_exit():
         handle = None
         for attempt in range(_PORT_RETRIES):
             chosen = port or _free_port()

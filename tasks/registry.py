@@ -13,11 +13,11 @@ from typing import Any
 import yaml
 
 from harness.errors import HarnessError
+from harness.settings import DEFAULT_SEED, FAMILIES
 from tasks.formats import HUB_ADAPTERS, PARSERS
 
 TASKS_DIR = Path(__file__).resolve().parent
 DATA_DIR_ENV = "HARNESS_DATA_DIR"
-FAMILIES = ("classification", "nli", "qa", "summarization", "math")
 METRICS = {"accuracy": "multiple_choice", "exact_match_number": "generation", "rouge_l": "generation"}
 SPLITS = ("train", "test")
 
@@ -143,7 +143,7 @@ def _problems_in(raw: Any, path: Path) -> list[str]:
     split = raw.get("split")
     single_split = "train" not in files or (hub and "train" not in (hub.get("splits") or {}))
     if split is None and files and "train" not in files:
-        problems.append(f"{where}: the source has no train split; add `split: {{seed: 1234, test_size: 500}}`.")
+        problems.append(f"{where}: the source has no train split; add `split: {{seed: {DEFAULT_SEED}, test_size: 500}}`.")
     if split is not None:
         if not isinstance(split, dict) or set(split) != _SPLIT_KEYS:
             problems.append(f"{where}: `split` must have exactly `seed` and `test_size`.")

@@ -12,10 +12,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from harness.errors import HarnessError
+from harness.settings import METHODS
 from tasks.registry import Example, TaskData
 
 IGNORE_INDEX = -100
-METHODS = ("zero-shot", "few-shot", "many-shot-last", "manyicl", "manyicl-full")
 FORMATS = ("chat", "plain")
 
 # Which segments carry loss, per method: every answer, only the last answer, or every input and answer.
@@ -117,6 +117,13 @@ def _leading_end_of_turn(text: str, tokenizer) -> str:
 def plain_frame(tokenizer) -> Frame:
     bos = tokenizer.bos_token if tokenizer.bos_token and tokenizer("").input_ids[:1] == [tokenizer.bos_token_id] else ""
     return Frame(header=bos or "", mid="", close=tokenizer.eos_token or "", sep="\n\n", tail="", answer_prefix=" ")
+
+
+def resolve_format(tokenizer, fmt: str) -> str:
+    """`auto` means chat when the tokenizer has a chat template, else plain; other values pass through."""
+    if fmt == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+    return fmt
 
 
 class Renderer:

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.config import TrainConfig, to_dict
 from harness.errors import HarnessError
-from harness.models import ResolvedModel, resolve_model
-from harness.runs import base_manifest, new_run_dir, publish_dir, read_json, write_json, write_yaml
+from harness.models import CHECKPOINT_INFO, ResolvedModel, load_tokenizer, resolve_model
+from harness.runs import new_run_dir, publish_dir, write_json, write_yaml
+from harness.schemas import CheckpointInfo, Provenance, TrainManifest, is_complete
+from harness.settings import METHODS, TRAIN_ARMS, TrainConfig, to_dict
 from tasks.registry import TaskData, load_examples, parse_task_list
 from train.sequences import (
-    METHODS,
     Budget,
     Renderer,
     Row,
@@ -25,27 +25,9 @@ from train.sequences import (
     mix,
     pack_rows,
     pack_task,
+    resolve_format,
     select_rows,
 )
-
-ARMS = (*METHODS, "dedicated")
-CHECKPOINT_INFO = "harness_checkpoint.json"  # written into every saved model: how it was trained
-
-
-def resolve_format(tokenizer, fmt: str) -> str:
-    if fmt == "auto":
-        return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
-    return fmt
-
-
-def load_tokenizer(model: ResolvedModel):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(model.adapter or model.path)
-    except OSError as err:
-        raise HarnessError(f"Could not load a tokenizer for model {model.path} ({str(err).splitlines()[0][:160]}); "
-                           "pass a model folder or a hub id reachable from here.") from None
 
 
 @dataclasses.dataclass
@@ -120,8 +102,8 @@ def _load_train_tasks(cfg: TrainConfig) -> list[TaskData]:
 
 
 def _check(cfg: TrainConfig) -> None:
-    if cfg.method not in ARMS:
-        raise HarnessError(f"Unknown method `{cfg.method}`; use one of {', '.join(ARMS)}.")
+    if cfg.method not in TRAIN_ARMS:
+        raise HarnessError(f"Unknown method `{cfg.method}`; use one of {', '.join(TRAIN_ARMS)}.")
     if cfg.dedicated_method not in METHODS:
         raise HarnessError(f"Unknown --dedicated-method `{cfg.dedicated_method}`; use one of {', '.join(METHODS)}.")
     if cfg.max_seq_len < 16:
@@ -138,8 +120,7 @@ def run_training(cfg: TrainConfig) -> Path:
     _check(cfg)
     model = resolve_model(cfg.model)
     run_dir = Path(cfg.output_dir) if cfg.output_dir else new_run_dir("runs", model.name, cfg.method)
-    manifest_path = run_dir / "manifest.json"
-    if manifest_path.exists() and read_json(manifest_path).get("status") == "complete":
+    if is_complete(run_dir):
         return run_dir  # finished earlier: nothing to redo
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
         raise HarnessError(f"Run directory {run_dir} already holds an unfinished run; pass --resume to continue it "
@@ -159,46 +140,80 @@ def _run_dedicated(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Pat
         sub = dataclasses.replace(cfg, method=cfg.dedicated_method, tasks=[data.task.name],
                                   output_dir=str(run_dir / data.task.name))
         _train_one(sub, model, run_dir / data.task.name)
-        children[data.task.name] = read_json(run_dir / data.task.name / "manifest.json")
-    manifest = base_manifest(cfg.seed) | {
-        "kind": "train", "method": "dedicated", "status": "complete", "model": model.path,
-        "models": {name: str(run_dir / name / "final") for name in children},
-        "wall_time_s": round(time.time() - started, 1),
-        "seen": {k: sum(c["seen"][k] for c in children.values()) for k in ("tokens", "targets", "examples")},
-    }
-    write_json(run_dir / "manifest.json", manifest)
+        children[data.task.name] = TrainManifest.read(run_dir / data.task.name / "manifest.json")
+    TrainManifest(
+        **Provenance.now(cfg.seed), method="dedicated", status="complete", model=model.path,
+        models={name: str(run_dir / name / "final") for name in children},
+        wall_time_s=round(time.time() - started, 1),
+        seen={k: sum(c.seen[k] for c in children.values()) for k in ("tokens", "targets", "examples")},  # type: ignore[index]
+    ).write(run_dir / "manifest.json")
     return run_dir
 
 
-def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
+@dataclasses.dataclass
+class _Prepared:
+    """What one run trains on and with: the tokenizer, its format, the tasks' data and the budgeted rows."""
 
-    manifest_path = run_dir / "manifest.json"
-    if manifest_path.exists() and read_json(manifest_path).get("status") == "complete":
+    tokenizer: Any
+    format: str
+    datasets: list[TaskData]
+    data: TrainingData
+
+
+def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
+    """One model on one arm's rows, read top to bottom: prepare the data, record the run, build the trainer,
+    train, save the final checkpoint, close the manifest."""
+    if is_complete(run_dir):
         return run_dir
     started = time.time()
+    prepared = _prepare_data(cfg, model)
+    manifest = _start_run(cfg, model, run_dir, prepared)
+    trainer = _build_trainer(cfg, model, run_dir, prepared)
+    train_started = time.time()
+    # Resume only when there is something to resume from: a first attempt may have died before its first save.
+    resume = cfg.resume and any((run_dir / "checkpoints").glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    train_seconds = time.time() - train_started
+    info = _save_final(trainer, cfg, model, run_dir, prepared)
+    _finish_run(manifest, run_dir, prepared, info, steps=result.global_step, started=started,
+                train_seconds=train_seconds)
+    return run_dir
+
+
+def _prepare_data(cfg: TrainConfig, model: ResolvedModel) -> _Prepared:
+    from transformers import set_seed
+
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(model)
     fmt = resolve_format(tokenizer, cfg.format)
     renderer = Renderer(tokenizer, fmt)
     datasets = _load_train_tasks(cfg)
-    data = build_training_data(cfg, renderer, datasets)
+    return _Prepared(tokenizer=tokenizer, format=fmt, datasets=datasets,
+                     data=build_training_data(cfg, renderer, datasets))
 
+
+def _start_run(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepared: _Prepared) -> TrainManifest:
+    """The resolved settings, the data's numbers and a `running` manifest, before the long part starts."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = to_dict(cfg) | {"format": fmt, "model_path": model.path, "model_adapter": model.adapter}
+    resolved = to_dict(cfg) | {"format": prepared.format, "model_path": model.path, "adapter": model.adapter}
     write_yaml(run_dir / "config.yaml", resolved)
-    write_json(run_dir / "data_stats.json", data.stats())
-    manifest = base_manifest(cfg.seed) | {
-        "kind": "train", "method": cfg.method, "status": "running", "model": model.path,
-        "data_sources": {d.task.name: d.source for d in datasets},
-    }
-    write_json(manifest_path, manifest)
+    write_json(run_dir / "data_stats.json", prepared.data.stats())
+    manifest = TrainManifest(**Provenance.now(cfg.seed), method=cfg.method, status="running", model=model.path,
+                             data_sources={d.task.name: d.source for d in prepared.datasets})
+    manifest.write(run_dir / "manifest.json")
+    return manifest
 
-    dataset = Dataset.from_dict({"input_ids": [r.input_ids for r in data.rows], "labels": [r.labels for r in data.rows],
-                                 "seq_lengths": [r.seq_lengths for r in data.rows]})
+
+def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepared: _Prepared):
+    """TRL's SFTTrainer over the pre-built rows, with the model (and LoRA) loaded for this device."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    rows = prepared.data.rows
+    dataset = Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows],
+                                 "seq_lengths": [r.seq_lengths for r in rows]})
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported() or not cuda
     # On a GPU the weights are loaded in bf16; on CPU they stay fp32 and bf16 autocast does the math.
@@ -215,14 +230,15 @@ def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r, lora_dropout=0.05,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
 
+    steps = prepared.data.steps
     args = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
-        max_steps=data.steps,
+        max_steps=steps,
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=int(cfg.warmup_ratio * data.steps),
+        warmup_steps=int(cfg.warmup_ratio * steps),
         weight_decay=cfg.weight_decay,
         logging_steps=1,
         save_steps=cfg.save_steps,
@@ -249,14 +265,14 @@ def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
 
-    trainer = SFTTrainer(model=lm, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[LogToFile()])
-    resume_from = None
-    if cfg.resume and any((run_dir / "checkpoints").glob("checkpoint-*")):
-        resume_from = True
-    train_started = time.time()
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    train_seconds = time.time() - train_started
+    return SFTTrainer(model=lm, args=args, train_dataset=dataset, processing_class=prepared.tokenizer,
+                      peft_config=peft_config, callbacks=[LogToFile()])
+
+
+def _save_final(trainer, cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepared: _Prepared) -> CheckpointInfo:
+    """The trained model (LoRA merged when asked) in bf16 with its tokenizer and checkpoint info, published
+    atomically as final/; intermediate checkpoints are removed."""
+    import torch
 
     final = run_dir / "final"
     tmp = run_dir / "final.tmp"
@@ -269,28 +285,27 @@ def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
         merged = True
     saved = saved.to(torch.bfloat16)
     saved.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    info = {"method": cfg.method, "format": fmt, "base_model": model.path, "tasks": cfg.tasks,
-            "max_seq_len": cfg.max_seq_len, "lora_r": cfg.lora_r, "lora_merged": merged,
-            "adapter_only": bool(cfg.lora_r or model.adapter) and not merged}
-    write_json(tmp / CHECKPOINT_INFO, info)
+    prepared.tokenizer.save_pretrained(tmp)
+    info = CheckpointInfo(method=cfg.method, format=prepared.format, base_model=model.path, tasks=cfg.tasks,
+                          max_seq_len=cfg.max_seq_len, lora_r=cfg.lora_r, lora_merged=merged,
+                          adapter_only=bool(cfg.lora_r or model.adapter) and not merged)
+    info.write(tmp / CHECKPOINT_INFO)
     publish_dir(tmp, final)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: intermediate checkpoints are dead weight
+    return info
 
-    stats = data.stats()
-    manifest |= {
-        "status": "complete",
-        "wall_time_s": round(time.time() - started, 1),
-        "train_time_s": round(train_seconds, 1),
-        "steps": result.global_step,
-        "seen": {k: stats[k] for k in ("tokens", "trained_tokens", "targets", "examples", "rows")},
-        "tokens_per_second": round(stats["tokens"] / max(train_seconds, 1e-9), 1),
-        "final_train_loss": _last_loss(log_path),
-        "checkpoint": str(final),
-        "checkpoint_kind": "adapter" if info["adapter_only"] else "full",
-    }
-    write_json(manifest_path, manifest)
-    return run_dir
+
+def _finish_run(manifest: TrainManifest, run_dir: Path, prepared: _Prepared, info: CheckpointInfo, *, steps: int,
+                started: float, train_seconds: float) -> None:
+    stats = prepared.data.stats()
+    done = dataclasses.replace(
+        manifest, status="complete", wall_time_s=round(time.time() - started, 1),
+        train_time_s=round(train_seconds, 1), steps=steps,
+        seen={k: stats[k] for k in ("tokens", "trained_tokens", "targets", "examples", "rows")},
+        tokens_per_second=round(stats["tokens"] / max(train_seconds, 1e-9), 1),
+        final_train_loss=_last_loss(run_dir / "train_log.jsonl"), checkpoint=str(run_dir / "final"),
+        checkpoint_kind="adapter" if info.adapter_only else "full")
+    done.write(run_dir / "manifest.json")
 
 
 def _last_loss(log_path: Path) -> float | None:

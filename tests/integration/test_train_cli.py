@@ -389,7 +389,7 @@ def test_tasks_show(tiny_model, tiny_data):
 
 def test_library_call_matches_cli(base_args):
     """`run_training` is the plain function the CLI calls: a HarnessError, not an exit, for a person's mistake."""
-    from harness.config import TrainConfig
+    from harness.settings import TrainConfig
     from train.trainer import run_training
 
     with pytest.raises(HarnessError, match="Unknown method"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.config import TrainConfig
+from harness.settings import TrainConfig
 from tasks.registry import load_examples, load_task
 from train.sequences import IGNORE_INDEX, Renderer, pack_rows, pack_task
 

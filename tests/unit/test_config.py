@@ -9,8 +9,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from harness.config import TrainConfig, help_for, load_settings, to_dict
 from harness.errors import HarnessError
+from harness.settings import TrainConfig, help_for, load_settings, to_dict
 
 
 def _yaml(tmp_path: Path, data) -> Path:

@@ -8,13 +8,9 @@ import random
 import pytest
 
 from harness.errors import HarnessError
-from harness.evaluate import (
-    EvalConfig,
-    build_prompts,
-    demonstration_pool,
-    parse_shots,
-    write_lm_eval_task,
-)
+from harness.lm_eval_bridge import write_lm_eval_task
+from harness.prompts import build_prompts, demonstration_pool, parse_shots
+from harness.settings import EvalConfig
 from tasks import lm_eval_metrics
 from tasks.registry import Example, TaskData, load_examples, load_task
 from train.sequences import Renderer

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from harness.config import TrainConfig
 from harness.errors import HarnessError
+from harness.settings import TrainConfig
 from tasks.registry import Example, TaskData, load_examples, load_task
 from train.sequences import (
     IGNORE_INDEX,

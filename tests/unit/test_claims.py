@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from harness.report import Estimate, _claim_rows, _dedicated_sentence, estimate, verdict
+from harness.claims import Estimate, approaches, claim_rows, estimate, verdict
 from harness.results import ResultRecord
 
 
@@ -59,13 +59,13 @@ def test_verdict(diff, se, higher, expected):
     (-0.04, 0.10, "not resolved (interval reaches below −5 points)"),  # a wide interval proves nothing
 ])
 def test_dedicated_needs_evidence_of_closeness(diff, se, expected):
-    assert _dedicated_sentence({"diff": diff, "se": se, "result": "x"}) == expected
+    assert approaches(Estimate(diff, se, 2)) == expected
 
 
 def test_claim_rows_compare_arms_and_mark_missing_ones():
     rows = [record("manyicl", "rte", 0.9, 0.01), record("zero-shot", "rte", 0.5, 0.01),
             record("manyicl", "piqa", 0.7, 0.01, role="probe"), record("zero-shot", "piqa", 0.6, 0.01, role="probe")]
-    claims = _claim_rows(rows, ["0"])
+    claims = claim_rows(rows, ["0"])
     by = {(c["claim"], c["shots"]): c for c in claims}
     beats = by[("ManyICL beats zero-shot fine-tuning", "0")]
     assert beats["diff"] == pytest.approx(0.4) and beats["result"] == "held"

@@ -1,0 +1,122 @@
+"""Prompt fitting: a fixed demonstration pool per (task, seed), and 0 / k / as many whole demonstrations as fit
+in the context before each test document."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from harness.errors import HarnessError
+from tasks.registry import Example, TaskData, TaskDef
+from train.sequences import Renderer
+
+
+def parse_shots(values: list[str], flag: str = "--shots") -> list[str]:
+    """Validate shot settings: non-negative integers or `many`; returned normalised and deduplicated."""
+    out: list[str] = []
+    if not values:
+        raise HarnessError(f"{flag} is empty; give numbers and/or `many`, like 0,5,many.")
+    for value in values:
+        text = str(value).strip().lower()
+        if text != "many" and not text.isdecimal():  # isdigit() also takes "²", which int() refuses
+            raise HarnessError(f"{flag} value `{value}` is not a non-negative number or `many`; use e.g. 0,5,many.")
+        text = text if text == "many" else str(int(text))
+        if text not in out:
+            out.append(text)
+    return out
+
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One scored document: the full prompt (demonstrations + query) and what it is scored against."""
+
+    uid: str
+    prompt: str
+    shots_used: int
+    prompt_tokens: int
+    choices: list[str] | None
+    gold: int | None
+    target: str | None
+
+
+@dataclass
+class PromptSet:
+    task: TaskDef
+    shots: str
+    seed: int
+    docs: list[Doc]
+    skipped: int  # documents whose query alone does not fit the context
+
+    @property
+    def shots_used(self) -> list[int]:
+        return [d.shots_used for d in self.docs]
+
+
+def demonstration_pool(data: TaskData, seed: int) -> list[Example]:
+    """The task's demonstrations in a fixed order per (task, seed); only ever from the train split."""
+    pool = list(data.train)
+    random.Random(f"{seed}:{data.task.name}:demonstrations").shuffle(pool)
+    return pool
+
+
+def build_prompts(data: TaskData, renderer: Renderer, shots: str, seed: int, max_length: int,
+                  limit: int | None) -> PromptSet:
+    """Prompts for every test document: the first k demonstrations of the fixed pool (or, for `many`, as many
+    whole ones as fit with the query and the longest continuation), never a cut demonstration."""
+    task = data.task
+    pool = demonstration_pool(data, seed)
+    if shots != "many" and int(shots) > len(pool):
+        raise HarnessError(f"Task {task.name} has {len(pool)} train examples, fewer than --shots {shots}; "
+                           f"ask for at most {len(pool)} or `many`.")
+    wanted = len(pool) if shots == "many" else int(shots)
+    tok = renderer.tokenizer
+    count = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
+    f = renderer.frame
+    docs_src = list(data.test[:limit] if limit else data.test)
+
+    # Token cost of each demonstration in prompt form, for as many as could possibly fit.
+    fixed = count(f.header) + count(f.mid)
+    demo_costs: list[int] = []
+    total = fixed
+    for demo in pool[:wanted]:
+        cost = count(demo.input + f.mid + renderer.answer_text(demo.answer) + f.close + f.sep)
+        if total + cost > max_length:
+            break
+        demo_costs.append(cost)
+        total += cost
+    cumulative = [fixed]
+    for cost in demo_costs:
+        cumulative.append(cumulative[-1] + cost)
+
+    docs, skipped = [], 0
+    for ex in docs_src:
+        if task.kind == "multiple_choice":
+            assert ex.choices is not None
+            continuations = [renderer.answer_text(c) for c in ex.choices]
+            reserve = max(count(c) for c in continuations) + 1
+        else:
+            continuations = None
+            reserve = task.max_gen_toks
+        budget = max_length - reserve
+        query_cost = count(ex.input)
+        n = len(demo_costs)
+        while n >= 0 and cumulative[n] + query_cost > budget:
+            n -= 1
+        prompt, length = None, 0
+        while n >= 0:  # confirm on the exact text: tokens can merge across piece boundaries
+            prompt = renderer.prompt(pool[:n], ex.input)
+            length = count(prompt)
+            if length <= budget:
+                break
+            n -= 1
+        if n < 0 or prompt is None:
+            skipped += 1
+            continue
+        docs.append(Doc(uid=ex.uid, prompt=prompt, shots_used=n, prompt_tokens=length, choices=continuations,
+                        gold=ex.gold, target=ex.answer if task.kind == "generation" else None))
+    if not docs:
+        raise HarnessError(f"No document of task {task.name} fits in {max_length} tokens even with no demonstrations; "
+                           "raise --max-length.")
+    return PromptSet(task=task, shots=shots, seed=seed, docs=docs, skipped=skipped)
+

@@ -1,0 +1,121 @@
+"""A study's stages: which `harness train` / `harness evaluate` runs it needs, how each runs as a child process,
+and how a finished stage is recognised from its directory (so a killed study resumes)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.processes import die_with_parent, stop_process_group
+from harness.runs import write_yaml
+from harness.schemas import STAGE_DONE_FILE, StageDone, is_complete
+from harness.settings import DEFAULT_MAX_LENGTH, StudyConfig
+
+
+@dataclass
+class Stage:
+    """One step of a study, run as a child `harness` command over the settings file the study writes."""
+
+    name: str  # e.g. train:manyicl, eval:base, report
+    kind: str  # train | eval | report
+    arm: str
+    needs: list[str]
+    config: dict[str, Any] | None = None  # the settings file for the child process
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace(":", "-")
+
+
+def plan_stages(cfg: StudyConfig) -> list[Stage]:
+    """Base evaluation first, then each arm's training and evaluation, then the report."""
+    root = cfg.directory
+    stages: list[Stage] = []
+    base_evals = str(root / "evals" / "base")
+    # Every model is scored in the context it was trained in, the base model included, so probes compare.
+    max_length = cfg.eval.get("max_length") or cfg.train.get("max_seq_len") or DEFAULT_MAX_LENGTH
+    eval_common = dict(cfg.eval) | {"tasks": cfg.tasks, "heldout": cfg.heldout, "probes": True,
+                                    "probe_tasks": cfg.probes, "data_dir": cfg.data_dir, "max_length": max_length,
+                                    "base_results": base_evals}
+    for arm in cfg.arms:
+        if arm == "base":
+            stages.append(Stage("eval:base", "eval", arm, [], eval_common | {
+                "model": cfg.model, "method": "base", "output_dir": base_evals}))
+            continue
+        run_dir = root / "runs" / arm
+        train = dict(cfg.train) | {"method": arm, "model": cfg.model, "tasks": cfg.tasks, "output_dir": str(run_dir),
+                                   "data_dir": cfg.data_dir, "resume": True}
+        stages.append(Stage(f"train:{arm}", "train", arm, [], train))
+        stages.append(Stage(f"eval:{arm}", "eval", arm, [f"train:{arm}"], eval_common | {
+            "model": str(run_dir), "output_dir": str(root / "evals" / arm)}))
+    stages.append(Stage("report", "report", "", []))
+    return stages
+
+
+def stage_done(stage: Stage) -> bool:
+    """Whether a train or eval stage's outputs are complete, read from its run or evaluation directory.
+    (The report stage always runs: it is cheap and reflects whatever finished.)"""
+    out = Path(stage.config["output_dir"])  # type: ignore[index]
+    if stage.kind == "train":
+        return is_complete(out)
+    marker = out / STAGE_DONE_FILE
+    return marker.exists() and StageDone.read(marker).config == stage.config
+
+
+def mark_done(stage: Stage, seconds: float) -> None:
+    """An evaluation stage leaves its exact settings behind, so a changed stage runs again."""
+    StageDone(config=stage.config or {}, seconds=round(seconds, 1)).write(
+        Path(stage.config["output_dir"]) / STAGE_DONE_FILE)  # type: ignore[index]
+
+
+def _child_command(stage: Stage, config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", stage.kind if stage.kind != "eval" else "evaluate",
+            "--config", str(config_path)]
+
+
+def run_stage_process(stage: Stage, root: Path, on_line: Callable[[str], None]) -> int:
+    """Run one train/eval stage as a child `harness` process; its output goes to logs/<stage>.log."""
+    config_path = root / "stages" / f"{stage.slug}.yaml"
+    write_yaml(config_path, stage.config)
+    log_path = root / "logs" / f"{stage.slug}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "TERM": "dumb", "COLUMNS": "120"}
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(_child_command(stage, config_path))}\n".encode())
+        log.flush()
+        # Its own session (so stopping it stops what it started, a vLLM server included), and the kernel
+        # ends it if the study dies.
+        proc = subprocess.Popen(_child_command(stage, config_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True, preexec_fn=die_with_parent())
+        try:
+            assert proc.stdout is not None
+            buffer = b""
+            while True:
+                # Wait in short slices: a signal (Ctrl-C, SIGTERM) may land on another thread (the display's),
+                # and Python only runs its handler once this thread is back in the interpreter.
+                ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+                if not ready:
+                    continue
+                chunk = proc.stdout.read1(4096)
+                if not chunk:
+                    break
+                log.write(chunk)
+                log.flush()
+                buffer = (buffer + chunk)[-4096:]
+                # tqdm redraws with \r: the newest fragment is the stage's own progress line.
+                text = buffer.decode("utf-8", "replace").replace("\r", "\n").strip().splitlines()
+                if text:
+                    on_line(text[-1])
+            return proc.wait()
+        except BaseException:
+            # SIGINT first: the child unwinds like Ctrl-C and stops what it started (its vLLM server).
+            stop_process_group(proc, first_signal=signal.SIGINT, grace=30.0)
+            raise
