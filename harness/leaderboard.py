@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from harness.errors import HarnessError
 from harness.results import ResultRecord
+from harness.settings import ARMS, FAMILIES
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-METHOD_ORDER = ("base", "zero-shot", "few-shot", "many-shot-last", "manyicl", "manyicl-full", "dedicated")
-FAMILY_ORDER = ("classification", "nli", "qa", "summarization", "math")
+METHOD_ORDER = ARMS
+FAMILY_ORDER = FAMILIES
 ROLES = ("train", "heldout", "probe")
 # Train groups carry the bare family or task name; the others are prefixed so unseen tasks read separately.
 ROLE_PREFIX = {"train": "", "heldout": "heldout:", "probe": "probe:"}
@@ -218,63 +219,17 @@ def build_leaderboard(records: list[ResultRecord], by: str = "family",
     that aggregates several tasks is filled only when the model has every one of them, so a column compares like
     with like.
     """
-    if by not in ("family", "task"):
-        raise HarnessError(f"Unknown leaderboard grouping {by!r}; use `family` or `task`.")
-    unknown = [role for role in roles if role not in ROLES]
-    if unknown:
-        raise HarnessError(f"Unknown role {unknown[0]!r}; roles are {', '.join(ROLES)}.")
+    _check_request(by, roles)
     records = latest_records(records)
     if not records:
         raise HarnessError("No result records to rank; pass evaluation or study directories holding summary.jsonl.")
     rows = _rows(records)
     scored = [r for r in records if r.role in roles]
-    scores = _task_scores(scored)
-    by_model_task = set(scores)
-    families = {r.task: r.family for r in scored}
-    role_of: dict[tuple[str, str], str] = {}  # (model, task) -> role; a task's role can differ between studies
-    for r in scored:
-        role_of[(r.model, r.task)] = r.role
-
     columns: list[Column] = []
     values: dict[tuple[str, Column], _Score] = {}
     for role in (role for role in ROLES if role in roles):
-        # group -> shots -> tasks that some model has in this role at these shots
-        groups: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-        for (model, task, shots) in by_model_task:
-            if role_of[(model, task)] == role:
-                groups[families[task] if by == "family" else task][shots].add(task)
-        order = sorted(groups, key=lambda g: (*family_sort_key(families.get(g, g) if by == "task" else g), g))
-        shot_settings = sorted({s for g in groups.values() for s in g}, key=shots_sort_key)
-        group_columns: dict[str, list[Column]] = defaultdict(list)  # shots -> this role's group columns
-        for group in order:
-            for shots in sorted(groups[group], key=shots_sort_key):
-                column = Column(ROLE_PREFIX[role] + group, shots)
-                tasks = groups[group][shots]
-                for model in rows:
-                    if all((model, t, shots) in scores and role_of.get((model, t)) == role for t in tasks):
-                        values[(model, column)] = _combine(scores[(model, t, shots)] for t in sorted(tasks))
-                columns.append(column)
-                group_columns[shots].append(column)
-        if role == "train" or len(groups) > 1:
-            for shots in shot_settings:
-                column = Column(ROLE_PREFIX[role] + MEAN, shots)
-                parts = group_columns[shots]
-                for model in rows:
-                    if all((model, c) in values for c in parts):
-                        values[(model, column)] = _combine(values[(model, c)] for c in parts)
-                columns.append(column)
-
-    forgot = _forgetting_scores(records)
-    if forgot:
-        base_shots = {r.shots for r in records if r.role == "probe" and r.method == "base"}
-        probe_shots = sorted({r.shots for r in records if r.role == "probe" and r.method != "base"} & base_shots,
-                             key=shots_sort_key)
-        column = Column(FORGETTING, "/".join(probe_shots))
-        probes = set().union(*(set(p) for p in forgot.values()))
-        for model, per_probe in forgot.items():
-            if set(per_probe) == probes:
-                values[(model, column)] = _combine(per_probe[p] for p in sorted(probes))
-        columns.append(column)
+        _add_role_columns(role, scored, by, list(rows), columns, values)
+    _add_forgetting_column(records, columns, values)
 
     cells = {key: score.cell() for key, score in values.items()}
     columns = [c for c in columns if any(col == c for (_, col) in cells)]
@@ -284,13 +239,78 @@ def build_leaderboard(records: list[ResultRecord], by: str = "family",
     if not ordered:
         raise HarnessError(f"No records with role {' or '.join(roles)} and no forgetting probes to rank; "
                            "check --roles or the directories passed.")
+    return Leaderboard(ordered, columns, cells, _best(columns, cells, used), by, tuple(roles))
+
+
+def _check_request(by: str, roles: tuple[str, ...]) -> None:
+    if by not in ("family", "task"):
+        raise HarnessError(f"Unknown leaderboard grouping {by!r}; use `family` or `task`.")
+    unknown = [role for role in roles if role not in ROLES]
+    if unknown:
+        raise HarnessError(f"Unknown role {unknown[0]!r}; roles are {', '.join(ROLES)}.")
+
+
+def _add_role_columns(role: str, scored: list[ResultRecord], by: str, models: list[str], columns: list[Column],
+                      values: dict[tuple[str, Column], _Score]) -> None:
+    """One role's group columns (a family or task at a shot setting), then its `mean` columns."""
+    scores = _task_scores(scored)
+    families = {r.task: r.family for r in scored}
+    role_of: dict[tuple[str, str], str] = {}  # (model, task) -> role; a task's role can differ between studies
+    for r in scored:
+        role_of[(r.model, r.task)] = r.role
+    # group -> shots -> tasks that some model has in this role at these shots
+    groups: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for (model, task, shots) in scores:
+        if role_of[(model, task)] == role:
+            groups[families[task] if by == "family" else task][shots].add(task)
+    order = sorted(groups, key=lambda g: (*family_sort_key(families.get(g, g) if by == "task" else g), g))
+    shot_settings = sorted({s for g in groups.values() for s in g}, key=shots_sort_key)
+    group_columns: dict[str, list[Column]] = defaultdict(list)  # shots -> this role's group columns
+    for group in order:
+        for shots in sorted(groups[group], key=shots_sort_key):
+            column = Column(ROLE_PREFIX[role] + group, shots)
+            tasks = groups[group][shots]
+            for model in models:
+                if all((model, t, shots) in scores and role_of.get((model, t)) == role for t in tasks):
+                    values[(model, column)] = _combine(scores[(model, t, shots)] for t in sorted(tasks))
+            columns.append(column)
+            group_columns[shots].append(column)
+    if role == "train" or len(groups) > 1:
+        for shots in shot_settings:
+            column = Column(ROLE_PREFIX[role] + MEAN, shots)
+            parts = group_columns[shots]
+            for model in models:
+                if all((model, c) in values for c in parts):
+                    values[(model, column)] = _combine(values[(model, c)] for c in parts)
+            columns.append(column)
+
+
+def _add_forgetting_column(records: list[ResultRecord], columns: list[Column],
+                           values: dict[tuple[str, Column], _Score]) -> None:
+    """Base minus model on the probes, for models scored on every probe, at the shots the base shares."""
+    forgot = _forgetting_scores(records)
+    if not forgot:
+        return
+    base_shots = {r.shots for r in records if r.role == "probe" and r.method == "base"}
+    probe_shots = sorted({r.shots for r in records if r.role == "probe" and r.method != "base"} & base_shots,
+                         key=shots_sort_key)
+    column = Column(FORGETTING, "/".join(probe_shots))
+    probes = set().union(*(set(p) for p in forgot.values()))
+    for model, per_probe in forgot.items():
+        if set(per_probe) == probes:
+            values[(model, column)] = _combine(per_probe[p] for p in sorted(probes))
+    columns.append(column)
+
+
+def _best(columns: list[Column], cells: dict[tuple[str, Column], Cell], used: set[str]) -> dict[Column, frozenset[str]]:
+    """Per column, the models holding the best value (ties included); none with fewer than two filled cells."""
     best: dict[Column, frozenset[str]] = {}
     for column in columns:
         filled = {m: cells[(m, column)].mean for m in used if (m, column) in cells}
         target = (max if column.higher_is_better else min)(filled.values())
         best[column] = frozenset(m for m, v in filled.items() if math.isclose(v, target, abs_tol=1e-12)
                                  ) if len(filled) > 1 else frozenset()
-    return Leaderboard(ordered, columns, cells, best, by, tuple(roles))
+    return best
 
 
 # --------------------------------------------------------------------------- rendering
