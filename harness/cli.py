@@ -13,7 +13,53 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harness.cli_options import (
+    BackendOpt,
+    ConfigOpt,
+    DataDirOpt,
+    DtypeOpt,
+    EvalBatchOpt,
+    EvalFormatOpt,
+    EvalMethodOpt,
+    EvalOutputOpt,
+    EvalSeedOpt,
+    EvalShotsOpt,
+    EvalTasksOpt,
+    ExamplesPerTaskOpt,
+    FormatOpt,
+    GradAccumOpt,
+    HeldoutOpt,
+    JsonOpt,
+    LearningRateOpt,
+    LimitOpt,
+    LoraMergeOpt,
+    LoraROpt,
+    MaxLengthOpt,
+    MaxSeqLenOpt,
+    MaxStepsOpt,
+    MaxTargetsOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    PreviewMethodOpt,
+    PreviewShotsOpt,
+    ProbeShotsOpt,
+    ProbesOpt,
+    ProbeTasksOpt,
+    ResumeOpt,
+    SeedOpt,
+    SeedsOpt,
+    ServedModelOpt,
+    ServerUrlOpt,
+    StudyModelOpt,
+    StudyOutputOpt,
+    TrainBatchOpt,
+    TrainMethodOpt,
+    TrainOutputOpt,
+    TrainShotsOpt,
+    TrainTasksOpt,
+)
 from harness.errors import HarnessError
+from harness.settings import DEFAULT_MAX_LENGTH, DEFAULT_SEED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ManyICL harness: train with many-shot targets, evaluate at 0/few/many shots, compare arms.")
@@ -22,18 +68,6 @@ app.add_typer(tasks_app, name="tasks")
 # Leaderboards are wide: when the output is not a terminal, do not squeeze them into 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
-
-# Shared options, defined once.
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model folder, run directory or hub id "
-                                              "(default: SmolLM2-135M-Instruct).", rich_help_panel="Model")]
-DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Folder with the task data (default: "
-                                                "$HARNESS_DATA_DIR, else the hub).", rich_help_panel="Data")]
-FormatOpt = Annotated[str | None, typer.Option("--format", help="chat | plain | auto.", rich_help_panel="Data")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="One seed for data order and every library.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings; flags override it.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-MaxSeqOpt = Annotated[int | None, typer.Option("--max-seq-len", help="Tokens per sequence.")]
-
 
 def _setup_logging() -> None:
     from rich.logging import RichHandler
@@ -100,10 +134,10 @@ def tasks_validate(paths: Annotated[list[str] | None, typer.Argument(help="Task 
 @app.command()
 def preview(
     task: Annotated[str, typer.Option("--task", "-t", help="Task to build a sequence of.")],
-    method: Annotated[str, typer.Option("--method", help="zero-shot | few-shot | many-shot-last | manyicl | manyicl-full.")] = "manyicl",
+    method: PreviewMethodOpt = "manyicl",
     model: ModelOpt = None,
-    max_seq_len: MaxSeqOpt = None,
-    shots: Annotated[int, typer.Option("--shots", help="few-shot: demonstrations per target.")] = 4,
+    max_seq_len: MaxSeqLenOpt = None,
+    shots: PreviewShotsOpt = 4,
     fmt: FormatOpt = None,
     seed: SeedOpt = None,
     index: Annotated[int, typer.Option("--index", help="Which sequence of the task to show.")] = 0,
@@ -113,7 +147,8 @@ def preview(
     """Show one training sequence with its trained tokens highlighted, and its counts."""
     from harness.preview import preview_sequence, render_preview
 
-    info = preview_sequence(task, method, model, fmt or "auto", max_seq_len or 2048, shots, 1234 if seed is None else seed,
+    info = preview_sequence(task, method, model, fmt or "auto", max_seq_len or DEFAULT_MAX_LENGTH, shots,
+                            DEFAULT_SEED if seed is None else seed,
                             data_dir, index)
     if json_out:
         print(json.dumps(info))
@@ -125,25 +160,25 @@ def preview(
 
 @app.command()
 def train(
-    method: Annotated[str | None, typer.Option("--method", help="zero-shot | few-shot | many-shot-last | manyicl | manyicl-full | dedicated.")] = None,
+    method: TrainMethodOpt = None,
     model: ModelOpt = None,
-    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated training tasks.")] = None,
-    max_seq_len: MaxSeqOpt = None,
-    output_dir: Annotated[str | None, typer.Option("--output-dir", "-o", help="Run directory.")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Budget: optimizer steps.", rich_help_panel="Budget")] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Budget: training tokens.", rich_help_panel="Budget")] = None,
-    max_targets: Annotated[int | None, typer.Option("--max-targets", help="Budget: supervised answers.", rich_help_panel="Budget")] = None,
-    shots: Annotated[int | None, typer.Option("--shots", help="few-shot: demonstrations per target.")] = None,
-    lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank (0 = full fine-tuning).", rich_help_panel="Model")] = None,
-    lora_merge: Annotated[bool | None, typer.Option("--lora-merge/--no-lora-merge", help="Save LoRA merged or as an adapter.", rich_help_panel="Model")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Rows per micro-batch.")] = None,
-    grad_accum: Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")] = None,
-    examples_per_task: Annotated[int | None, typer.Option("--examples-per-task", help="Cap train examples per task.")] = None,
+    tasks: TrainTasksOpt = None,
+    max_seq_len: MaxSeqLenOpt = None,
+    output_dir: TrainOutputOpt = None,
+    max_steps: MaxStepsOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    max_targets: MaxTargetsOpt = None,
+    shots: TrainShotsOpt = None,
+    lora_r: LoraROpt = None,
+    lora_merge: LoraMergeOpt = None,
+    learning_rate: LearningRateOpt = None,
+    batch_size: TrainBatchOpt = None,
+    grad_accum: GradAccumOpt = None,
+    examples_per_task: ExamplesPerTaskOpt = None,
     fmt: FormatOpt = None,
     seed: SeedOpt = None,
     data_dir: DataDirOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir.")] = False,
+    resume: ResumeOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Fine-tune with one arm's sequences through TRL's SFTTrainer and save a run directory."""
@@ -166,24 +201,24 @@ def train(
 @app.command()
 def evaluate(
     model: ModelOpt = None,
-    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated tasks to score.")] = None,
-    shots: Annotated[str | None, typer.Option("--shots", help="Shot settings: numbers and/or `many`, e.g. 0,5,many.")] = None,
-    output_dir: Annotated[str | None, typer.Option("--output-dir", "-o", help="Evaluation directory.")] = None,
-    probes: Annotated[bool | None, typer.Option("--probes/--no-probes", help="Score the forgetting probes (default: on for fine-tuned checkpoints).", rich_help_panel="Probes")] = None,
-    probe_tasks: Annotated[str | None, typer.Option("--probe-tasks", help="Which probes (default all-probes).", rich_help_panel="Probes")] = None,
-    probe_shots: Annotated[str | None, typer.Option("--probe-shots", help="Shot settings for probes (default 0).", rich_help_panel="Probes")] = None,
-    heldout: Annotated[str | None, typer.Option("--heldout", help="Tasks no arm trained on (reported separately).")] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="vllm | hf | auto.", rich_help_panel="Backend")] = None,
-    server_url: Annotated[str | None, typer.Option("--server-url", help="A running OpenAI-compatible server (…/v1); key from $OPENAI_API_KEY.", rich_help_panel="Backend")] = None,
-    served_model: Annotated[str | None, typer.Option("--served-model", help="Model name on --server-url.", rich_help_panel="Backend")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="auto | bfloat16 | float32.", rich_help_panel="Backend")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch (hf) or concurrent requests (vllm).", rich_help_panel="Backend")] = None,
-    seeds: Annotated[int | None, typer.Option("--seeds", help="Repeat with N demonstration draws; report mean and spread.")] = None,
-    seed: SeedOpt = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="At most N test documents per task.")] = None,
-    max_length: Annotated[int | None, typer.Option("--max-length", help="Context to fit prompts into.")] = None,
-    fmt: FormatOpt = None,
-    method: Annotated[str | None, typer.Option("--method", help="Arm label for the records (default: from the checkpoint).")] = None,
+    tasks: EvalTasksOpt = None,
+    shots: EvalShotsOpt = None,
+    output_dir: EvalOutputOpt = None,
+    probes: ProbesOpt = None,
+    probe_tasks: ProbeTasksOpt = None,
+    probe_shots: ProbeShotsOpt = None,
+    heldout: HeldoutOpt = None,
+    backend: BackendOpt = None,
+    server_url: ServerUrlOpt = None,
+    served_model: ServedModelOpt = None,
+    dtype: DtypeOpt = None,
+    batch_size: EvalBatchOpt = None,
+    seeds: SeedsOpt = None,
+    seed: EvalSeedOpt = None,
+    limit: LimitOpt = None,
+    max_length: MaxLengthOpt = None,
+    fmt: EvalFormatOpt = None,
+    method: EvalMethodOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -271,8 +306,8 @@ def plot(
 def study(
     config: Annotated[Path | None, typer.Option("--config", help="Study YAML (see harness/presets/).")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="smoke | demo | paper.")] = None,
-    output_dir: Annotated[str | None, typer.Option("--output-dir", "-o", help="Study directory (default results/studies/<name>).")] = None,
-    model: ModelOpt = None,
+    output_dir: StudyOutputOpt = None,
+    model: StudyModelOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Train every arm, evaluate every model with the probes, write the leaderboard, plots and REPORT.md.
@@ -290,15 +325,16 @@ def study(
 
 def _print_run_summary(run_dir: Path) -> None:
     from harness.runs import read_json
+    from harness.schemas import TrainManifest
 
-    manifest = read_json(run_dir / "manifest.json")
+    manifest = TrainManifest.read(run_dir / "manifest.json")
     table = Table(title=f"Trained: {run_dir}", show_header=False)
-    seen = manifest.get("seen", {})
-    for key, value in [("method", manifest.get("method")), ("steps", manifest.get("steps")),
+    seen = manifest.seen or {}
+    for key, value in [("method", manifest.method), ("steps", manifest.steps),
                        ("tokens seen", seen.get("tokens")), ("targets seen", seen.get("targets")),
-                       ("examples seen", seen.get("examples")), ("tokens/s", manifest.get("tokens_per_second")),
-                       ("final loss", manifest.get("final_train_loss")), ("wall time (s)", manifest.get("wall_time_s")),
-                       ("checkpoint", manifest.get("checkpoint") or ", ".join(manifest.get("models", {}).values()))]:
+                       ("examples seen", seen.get("examples")), ("tokens/s", manifest.tokens_per_second),
+                       ("final loss", manifest.final_train_loss), ("wall time (s)", manifest.wall_time_s),
+                       ("checkpoint", manifest.checkpoint or ", ".join((manifest.models or {}).values()))]:
         if value is not None:
             table.add_row(key, str(value))
     stats_path = run_dir / "data_stats.json"
