@@ -44,7 +44,8 @@ def model(tiny_model, tmp_path_factory) -> Path:
 def both(model, tiny_data, tmp_path_factory):
     """One evaluation per backend of the same tasks, shots and documents (vLLM started once)."""
     import harness.serve
-    from harness.evaluate import EvalConfig, run_evaluation
+    from harness.evaluate import run_evaluation
+    from harness.settings import EvalConfig
 
     root = tmp_path_factory.mktemp("backends")
     outs = {}
