@@ -313,7 +313,8 @@ def study(
     """Train every arm, evaluate every model with the probes, write the leaderboard, plots and REPORT.md.
 
     Resumable: finished stages are skipped, so re-running after an interruption completes the study."""
-    from harness.study import RichDisplay, load_study, run_study
+    from harness.study import load_study, run_study
+    from harness.study_display import RichDisplay
 
     cfg = load_study(config, preset, {"output_dir": output_dir, "model": model, "data_dir": data_dir})
     if cfg.expected_minutes:

@@ -1,4 +1,5 @@
-"""Run directories: naming, atomic writes, and the manifest (what ran, where, with which versions)."""
+"""Run directories: naming, atomic writes, and the provenance a manifest records (git state, package versions,
+hardware); the manifests themselves are typed in harness/schemas.py."""
 
 from __future__ import annotations
 
@@ -107,14 +108,3 @@ def hardware() -> dict[str, Any]:
     except OSError:
         pass
     return info
-
-
-def base_manifest(seed: int | None = None) -> dict[str, Any]:
-    return {
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": sys.argv,
-        "git": git_state(),
-        "packages": package_versions(),
-        "hardware": hardware(),
-        "seed": seed,
-    }

@@ -21,10 +21,8 @@ from harness.report import write_outputs
 from harness.runs import write_yaml
 from harness.schemas import STATE_FILE, Provenance, StageResult, StudyManifest, StudyState
 from harness.settings import ARMS, EvalConfig, StudyConfig, TrainConfig, split_list, to_dict
-from harness.study_display import NullDisplay, RichDisplay, estimate_left
+from harness.study_display import NullDisplay, estimate_left
 from harness.study_stages import Stage, mark_done, plan_stages, run_stage_process, stage_done
-
-__all__ = ["PRESETS_DIR", "RichDisplay", "load_study", "plan_stages", "run_study"]
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 

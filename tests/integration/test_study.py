@@ -314,7 +314,8 @@ def test_unknown_preset_and_missing_study_file(tmp_path):
 
 
 def test_every_preset_is_a_valid_study():
-    from harness.study import PRESETS_DIR, load_study, plan_stages
+    from harness.study import PRESETS_DIR, load_study
+    from harness.study_stages import plan_stages
 
     for path in sorted(PRESETS_DIR.glob("*.yaml")):
         cfg = load_study(None, path.stem, {"output_dir": "/tmp/unused"})
