@@ -159,7 +159,7 @@ def _score(todo: list[tuple[TaskDef, str, str, int]], cfg: EvalConfig, mut: Mode
         log.warning("%s: %d document(s) do not fit in %d tokens even without demonstrations; skipped.",
                     name, count, max_length)
     timing = {"tasks": sorted({t.name for t, _, _, _ in todo}), "shots": sorted({s for _, _, s, _ in todo}),
-              "backend": backend, "documents": n_docs, "skipped_documents": skipped, "seconds": round(seconds, 1),
+              "backend": backend, "documents": n_docs, "skipped_documents": skipped, "seconds": round(seconds, 3),
               "documents_per_second": round(n_docs / max(seconds, 1e-9), 3)}
     return _collect(results, prompt_sets, mut, backend, renderer.format, max_length, out), timing
 
