@@ -145,6 +145,10 @@ def train(
     seed: SeedOpt = None,
     data_dir: DataDirOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir.")] = False,
+    # issue 9 (stats branch): live logs and validation loss
+    report_to: Annotated[str | None, typer.Option("--report-to", help="Live logs through TRL: none | tensorboard | wandb (comma-separated).", rich_help_panel="Logging")] = None,
+    eval_steps: Annotated[int | None, typer.Option("--eval-steps", help="Validation loss every N steps, at the start and the end.", rich_help_panel="Logging")] = None,
+    eval_examples_per_task: Annotated[int | None, typer.Option("--eval-examples-per-task", help="Cap validation examples per task.", rich_help_panel="Logging")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Fine-tune with one arm's sequences through TRL's SFTTrainer and save a run directory."""
@@ -156,7 +160,8 @@ def train(
         "max_steps": max_steps, "max_tokens": max_tokens, "max_targets": max_targets, "shots": shots,
         "lora_r": lora_r, "lora_merge": lora_merge, "learning_rate": learning_rate, "batch_size": batch_size,
         "grad_accum": grad_accum, "examples_per_task": examples_per_task, "format": fmt, "seed": seed,
-        "data_dir": data_dir, "resume": resume or None})
+        "data_dir": data_dir, "resume": resume or None, "report_to": report_to, "eval_steps": eval_steps,
+        "eval_examples_per_task": eval_examples_per_task})
     if not cfg.budget_given:
         cfg.max_steps = 20
         err_console.print("[dim]No budget given: training for --max-steps 20.[/dim]")
@@ -298,7 +303,9 @@ def _print_run_summary(run_dir: Path) -> None:
     for key, value in [("method", manifest.get("method")), ("steps", manifest.get("steps")),
                        ("tokens seen", seen.get("tokens")), ("targets seen", seen.get("targets")),
                        ("examples seen", seen.get("examples")), ("tokens/s", manifest.get("tokens_per_second")),
-                       ("final loss", manifest.get("final_train_loss")), ("wall time (s)", manifest.get("wall_time_s")),
+                       ("final loss", manifest.get("final_train_loss")),
+                       ("final validation loss", manifest.get("final_eval_loss")),  # issue 9 (stats branch)
+                       ("wall time (s)", manifest.get("wall_time_s")),
                        ("checkpoint", manifest.get("checkpoint") or ", ".join(manifest.get("models", {}).values()))]:
         if value is not None:
             table.add_row(key, str(value))
