@@ -122,6 +122,16 @@ class Pairing:
     only_a: int  # (task, shots, seed, document) keys the other arm did not score (e.g. a query that did not fit)
     only_b: int
 
+    def document_means(self) -> list[float]:
+        """Each document's difference averaged over its seeds: the pilot `stats.documents_needed` takes."""
+        return [math.fsum(c.diffs) / len(c.diffs) for c in self.clusters]
+
+    @property
+    def discordance(self) -> float:
+        """The share of (document, seed) pairs on which the arms' outcomes differ."""
+        pairs = [d for c in self.clusters for d in c.diffs]
+        return sum(d != 0 for d in pairs) / len(pairs)
+
 
 def pair(table: OutcomeTable, a: str, b: str, *, shots: str | None = None, role: str | None = None,
          tasks: Iterable[str] | None = None, model_a: str | None = None, model_b: str | None = None) -> Pairing:

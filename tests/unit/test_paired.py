@@ -46,6 +46,8 @@ def test_outcomes_are_read_per_document_and_paired_per_seed(tmp_path):
     assert got == {("cb", "cb:test:0"): (1.0,), ("cb", "cb:test:1"): (0.0,), ("cb", "cb:test:2"): (0.0,),
                    ("rte", "rte:test:0"): (1.0, 1.0), ("rte", "rte:test:1"): (0.0, 0.0),
                    ("rte", "rte:test:2"): (0.0, -1.0)}
+    assert pairing.document_means() == [1.0, 0.0, 0.0, 1.0, 0.0, -0.5]
+    assert pairing.discordance == 4 / 9  # cb:0, rte:0 twice, rte:2 once
     result = compare_arms(table, "manyicl", "zero-shot", shots="many", iterations=1000)
     # rte: (2 + 0 - 1) / 6 pairs = 1/6; cb: 1 / 3 pairs = 1/3; the mean over the two tasks is 1/4, the same as
     # the summaries' mean over seeds and tasks: ((2/3 - 1/3) + (1/3 - 1/3)) / 2 = 1/6 for rte, 1 - 2/3 for cb.
