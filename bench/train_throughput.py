@@ -11,9 +11,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from harness.config import TrainConfig
-
 from harness.runs import read_json
+from harness.settings import TrainConfig
 from train.trainer import run_training
 
 

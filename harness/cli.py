@@ -19,11 +19,13 @@ from harness.cli_options import (
     DataDirOpt,
     DtypeOpt,
     EvalBatchOpt,
+    EvalExamplesOpt,
     EvalFormatOpt,
     EvalMethodOpt,
     EvalOutputOpt,
     EvalSeedOpt,
     EvalShotsOpt,
+    EvalStepsOpt,
     EvalTasksOpt,
     ExamplesPerTaskOpt,
     FormatOpt,
@@ -45,6 +47,7 @@ from harness.cli_options import (
     ProbeShotsOpt,
     ProbesOpt,
     ProbeTasksOpt,
+    ReportToOpt,
     ResumeOpt,
     SeedOpt,
     SeedsOpt,
@@ -179,6 +182,9 @@ def train(
     seed: SeedOpt = None,
     data_dir: DataDirOpt = None,
     resume: ResumeOpt = False,
+    report_to: ReportToOpt = None,
+    eval_steps: EvalStepsOpt = None,
+    eval_examples_per_task: EvalExamplesOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Fine-tune with one arm's sequences through TRL's SFTTrainer and save a run directory."""
@@ -190,7 +196,8 @@ def train(
         "max_steps": max_steps, "max_tokens": max_tokens, "max_targets": max_targets, "shots": shots,
         "lora_r": lora_r, "lora_merge": lora_merge, "learning_rate": learning_rate, "batch_size": batch_size,
         "grad_accum": grad_accum, "examples_per_task": examples_per_task, "format": fmt, "seed": seed,
-        "data_dir": data_dir, "resume": resume or None})
+        "data_dir": data_dir, "resume": resume or None, "report_to": report_to, "eval_steps": eval_steps,
+        "eval_examples_per_task": eval_examples_per_task})
     if not cfg.budget_given:
         cfg.max_steps = 20
         err_console.print("[dim]No budget given: training for --max-steps 20.[/dim]")
@@ -334,7 +341,9 @@ def _print_run_summary(run_dir: Path) -> None:
     for key, value in [("method", manifest.method), ("steps", manifest.steps),
                        ("tokens seen", seen.get("tokens")), ("targets seen", seen.get("targets")),
                        ("examples seen", seen.get("examples")), ("tokens/s", manifest.tokens_per_second),
-                       ("final loss", manifest.final_train_loss), ("wall time (s)", manifest.wall_time_s),
+                       ("final loss", manifest.final_train_loss),
+                       ("final validation loss", manifest.final_eval_loss),
+                       ("wall time (s)", manifest.wall_time_s),
                        ("checkpoint", manifest.checkpoint or ", ".join((manifest.models or {}).values()))]:
         if value is not None:
             table.add_row(key, str(value))

@@ -52,6 +52,10 @@ TrainBatchOpt = Annotated[int | None, _from(TrainConfig, "batch_size", "--batch-
 GradAccumOpt = Annotated[int | None, _from(TrainConfig, "grad_accum", "--grad-accum")]
 ExamplesPerTaskOpt = Annotated[int | None, _from(TrainConfig, "examples_per_task", "--examples-per-task")]
 ResumeOpt = Annotated[bool, _from(TrainConfig, "resume", "--resume")]
+ReportToOpt = Annotated[str | None, _from(TrainConfig, "report_to", "--report-to", panel="Logging")]
+EvalStepsOpt = Annotated[int | None, _from(TrainConfig, "eval_steps", "--eval-steps", panel="Logging")]
+EvalExamplesOpt = Annotated[int | None, _from(TrainConfig, "eval_examples_per_task", "--eval-examples-per-task",
+                                          panel="Logging")]
 
 # --------------------------------------------------------------------------- harness evaluate
 EvalTasksOpt = Annotated[str | None, _from(EvalConfig, "tasks", "--tasks")]

@@ -17,14 +17,11 @@ from harness import serve
 from harness.errors import HarnessError
 from harness.models import ModelUnderTest
 from harness.prompts import PromptSet
+from harness.results import lm_eval_task_name
 from harness.settings import METRIC_KEYS, EvalConfig
 from train.sequences import Renderer
 
 METRICS_MODULE = Path(__file__).resolve().parent.parent / "tasks" / "lm_eval_metrics.py"
-
-
-def lm_eval_task_name(task: str, shots: str, seed: int) -> str:
-    return f"harness_{task}_{shots}shot_s{seed}"
 
 
 def write_lm_eval_task(prompts: PromptSet, renderer: Renderer, folder: Path) -> str:

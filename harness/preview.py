@@ -87,6 +87,7 @@ def show_examples(task: str, model: str | None, fmt: str, data_dir: str | None, 
             body.append(f"\n\nchoices: {list(ex.choices)}", style="italic")
         panels.append(Panel(body, title=ex.uid))
     header = Text(f"{definition.name} ({definition.family}{', probe' if definition.probe else ''}): "
-                  f"{definition.description}\nsource: {data.source}\ntrain {len(data.train)} / test {len(data.test)}"
+                  f"{definition.description}\nsource: {data.source}\ntrain {len(data.train)} / validation "
+                  f"{len(data.validation)} / test {len(data.test)}"
                   f" · metric {definition.metric} · format {renderer.format}")
     return Group(header, *panels)

@@ -81,3 +81,9 @@ def read_records(paths: Iterable[Path]) -> list[ResultRecord]:
 def write_records(path: Path, records: Iterable[ResultRecord]) -> None:
     """Write (replace) a summary file atomically."""
     atomic_write_text(path, "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in records))
+
+
+def lm_eval_task_name(task: str, shots: str, seed: int) -> str:
+    """The lm-eval task (and samples/ file) name of one (task, shots, seed) setting: written by evaluation, read by
+    the paired statistics."""
+    return f"harness_{task}_{shots}shot_s{seed}"

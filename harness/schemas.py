@@ -100,6 +100,7 @@ class TrainManifest(Provenance):
     seen: dict[str, int] | None = None  # tokens, trained_tokens, targets, examples, rows actually trained on
     tokens_per_second: float | None = None
     final_train_loss: float | None = None  # last logged loss; None when nothing was logged
+    final_eval_loss: float | None = None  # last validation loss (--eval-steps); None when not measured
     checkpoint: str | None = None  # the final/ folder
     checkpoint_kind: str | None = None  # full | adapter
     schema_version: int = SCHEMA_VERSION

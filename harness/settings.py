@@ -73,9 +73,13 @@ class TrainConfig:
     output_dir: str | None = setting(None, "run directory; default results/runs/<utc>-<model>-<method>")
     resume: bool = setting(False, "continue an interrupted run in --output-dir from its last checkpoint")
     save_steps: int = setting(50, "checkpoint every N steps (for --resume)")
+    report_to: list[str] = setting(["none"], "live logs through TRL: none | tensorboard | wandb (comma-separated)")
+    eval_steps: int | None = setting(None, "validation loss every N steps, at the start and at the end")
+    eval_examples_per_task: int | None = setting(None, "use at most this many validation examples per task")
 
     def __post_init__(self):
         self.tasks = split_list(self.tasks)
+        self.report_to = split_list(self.report_to)
 
     @property
     def budget_given(self) -> bool:

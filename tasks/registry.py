@@ -21,11 +21,12 @@ DATA_DIR_ENV = "HARNESS_DATA_DIR"
 METRICS = {"accuracy": "multiple_choice", "exact_match_number": "generation", "rouge_l": "generation"}
 SPLITS = ("train", "test")
 
-_TOP_KEYS = {"name", "family", "probe", "description", "source", "split", "prompt", "answer", "choices",
-             "labels", "label_field", "choices_field", "gold_field", "metric", "max_gen_toks"}
+_TOP_KEYS = {"name", "family", "probe", "description", "source", "split", "validation", "prompt", "answer",
+             "choices", "labels", "label_field", "choices_field", "gold_field", "metric", "max_gen_toks"}
 _SOURCE_KEYS = {"format", "files", "hub"}
 _HUB_KEYS = {"path", "name", "splits", "columns", "adapter"}
 _SPLIT_KEYS = {"seed", "test_size"}
+_VALIDATION_KEYS = {"seed", "size", "cap"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,21 @@ class SplitRule:
 
     seed: int
     test_size: float
+
+
+@dataclass(frozen=True)
+class ValidationRule:
+    """The validation split of a training task, carved from its train split so that a recipe (learning rate,
+    steps) is chosen without the test set: shuffle the train rows with `seed` and hold out `size` of them (a
+    count, or a fraction when below 1, rounded down), at most `cap`. Held-out rows are neither trained on nor
+    used as demonstrations. `size: 0` turns it off."""
+
+    seed: int = 1234
+    size: float = 0.1
+    cap: int = 500
+
+    def count(self, rows: int) -> int:
+        return min(self.cap, int(self.size * rows) if self.size < 1 else int(self.size))
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,7 @@ class TaskDef:
     metric: str
     max_gen_toks: int
     path: Path
+    validation: ValidationRule = ValidationRule()  # ignored for probes, which are never trained on
 
     @property
     def kind(self) -> str:
@@ -95,6 +112,14 @@ class TaskData:
     test: tuple[Example, ...]
     source: str  # where the rows came from, for manifests
     dropped_overlap: int = 0  # train rows dropped because their input equals a test input
+    # Carved from the train split (see ValidationRule); `train` no longer holds these rows.
+    validation: tuple[Example, ...] = ()
+    dropped_validation_overlap: int = 0  # train rows dropped because their input equals a validation input
+
+    @property
+    def train_split_size(self) -> int:
+        """The train split's rows before the validation split was carved out of it."""
+        return len(self.train) + len(self.validation) + self.dropped_validation_overlap
 
 
 # --------------------------------------------------------------------------- definitions
@@ -151,6 +176,15 @@ def _problems_in(raw: Any, path: Path) -> list[str]:
             problems.append(f"{where}: `split.test_size` must be a positive count or a fraction below 1.")
         elif not single_split:
             problems.append(f"{where}: `split` is only for sources with a single split; remove it.")
+    validation = raw.get("validation")
+    if validation is not None:
+        if not isinstance(validation, dict) or not set(validation) <= _VALIDATION_KEYS:
+            problems.append(f"{where}: `validation` may only have `seed`, `size` and `cap`.")
+        elif not (isinstance(validation.get("size", 0), int | float) and validation.get("size", 0) >= 0
+                  and isinstance(validation.get("cap", 0), int) and validation.get("cap", 0) >= 0
+                  and isinstance(validation.get("seed", 0), int)):
+            problems.append(f"{where}: `validation.size` must be a count or a fraction (0 turns it off), "
+                            "`validation.cap` a count and `validation.seed` an integer.")
     kind = METRICS.get(raw.get("metric"))
     if kind == "multiple_choice":
         if not raw.get("choices") and not raw.get("choices_field"):
@@ -200,6 +234,7 @@ def _build(raw: dict, path: Path) -> TaskDef:
         metric=raw["metric"],
         max_gen_toks=int(raw.get("max_gen_toks", 256)),
         path=path,
+        validation=ValidationRule(**raw.get("validation") or {}),
     )
 
 
@@ -399,12 +434,29 @@ def _load_examples_cached(path: Path, data_dir: Path | None) -> TaskData:
     test_inputs = {ex.input for ex in test}
     train_all = [render_example(task, r, f"{task.name}:train:{i}") for i, r in train_rows]
     # A row published in both splits would let a test row become a demonstration or a target.
-    train = tuple(ex for ex in train_all if ex.input not in test_inputs)
-    return TaskData(task=task, train=train, test=test, source=source, dropped_overlap=len(train_all) - len(train))
+    train = [ex for ex in train_all if ex.input not in test_inputs]
+    dropped = len(train_all) - len(train)
+    validation: list[Example] = []
+    n_val = 0 if task.probe else task.validation.count(len(train))
+    if n_val:
+        if n_val >= len(train):
+            raise HarnessError(f"Task {task.name}: `validation.size: {task.validation.size}` leaves no train rows "
+                               f"out of {len(train)}; lower it.")
+        order = list(range(len(train)))
+        random.Random(f"{task.validation.seed}:{task.name}:validation").shuffle(order)
+        held = set(order[:n_val])
+        validation = [ex for i, ex in enumerate(train) if i in held]
+        val_inputs = {ex.input for ex in validation}
+        # A duplicate of a validation row left in train would be trained on and then scored as unseen.
+        train = [ex for i, ex in enumerate(train) if i not in held and ex.input not in val_inputs]
+    return TaskData(task=task, train=tuple(train), test=test, source=source, dropped_overlap=dropped,
+                    validation=tuple(validation),
+                    dropped_validation_overlap=len(train_all) - dropped - len(validation) - len(train))
 
 
 def load_examples(task: TaskDef, data_dir: str | Path | None = None) -> TaskData:
-    """The task's examples with its fixed train/test split. Test rows never appear in the train split."""
+    """The task's examples with its fixed train/validation/test split. Test rows never appear in the train split;
+    validation rows (training tasks only) are neither in the train split nor in the demonstration pool."""
     return _load_examples_cached(task.path, resolve_data_dir(data_dir))
 
 

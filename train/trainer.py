@@ -29,6 +29,9 @@ from train.sequences import (
     select_rows,
 )
 
+REPORTERS = ("none", "tensorboard", "wandb")
+TENSORBOARD_DIR = "tensorboard"  # under the run directory; checkpoints/ is deleted when the run finishes
+
 
 @dataclasses.dataclass
 class TrainingData:
@@ -92,6 +95,40 @@ def build_training_data(cfg: TrainConfig, renderer: Renderer, datasets: list[Tas
     return TrainingData(rows=rows, packings=first, epochs=n_epochs, steps=len(rows) // budget.rows_per_step)
 
 
+def build_validation_rows(cfg: TrainConfig, renderer: Renderer, datasets: list[TaskData]) -> list[Row]:
+    """The validation split packed exactly as this arm packs its training rows (same method, sequence length
+    and shots), once, in a fixed order: its loss is the training objective on examples never trained on."""
+    held = [dataclasses.replace(d, train=d.validation, validation=()) for d in datasets if d.validation]
+    empty = [d.task.name for d in datasets if not d.validation]
+    if empty:
+        raise HarnessError(f"--eval-steps needs validation rows, and {', '.join(empty)} has none (a train split "
+                           "too small, or `validation.size: 0` in its definition); drop --eval-steps or the task.")
+    packings = [pack_task(d, renderer, cfg.method, cfg.max_seq_len, cfg.seed, shots=cfg.shots,
+                          max_examples=cfg.eval_examples_per_task) for d in held]
+    rows = pack_rows(mix(packings, cfg.seed), cfg.max_seq_len)
+    if not rows:
+        raise HarnessError(f"The validation split yields no {cfg.method} sequence (too few examples for "
+                           f"--shots {cfg.shots}); raise `validation.size` or drop --eval-steps.")
+    return rows
+
+
+def _reporters(cfg: TrainConfig) -> list[str]:
+    """TRL's `report_to`, checked: each integration named must be importable here."""
+    import importlib.util
+
+    wanted = [r.lower() for r in cfg.report_to] or ["none"]
+    unknown = [r for r in wanted if r not in REPORTERS]
+    if unknown:
+        raise HarnessError(f"Unknown --report-to `{unknown[0]}`; use one of {', '.join(REPORTERS)}.")
+    if "none" in wanted and len(wanted) > 1:
+        raise HarnessError("--report-to none cannot be combined with other integrations; give one or the other.")
+    for name in wanted:
+        if name != "none" and importlib.util.find_spec(name) is None:
+            raise HarnessError(f"--report-to {name} needs the `{name}` package, which is not installed; "
+                               f"`pip install {name}` or use --report-to none.")
+    return [r for r in wanted if r != "none"]
+
+
 def _load_train_tasks(cfg: TrainConfig) -> list[TaskData]:
     tasks = parse_task_list(cfg.tasks)
     probes = [t.name for t in tasks if t.probe]
@@ -113,6 +150,10 @@ def _check(cfg: TrainConfig) -> None:
             raise HarnessError(f"--{name.replace('_', '-')} must be at least 1.")
     if cfg.lora_r < 0:
         raise HarnessError("--lora-r must be 0 (full fine-tuning) or a positive rank.")
+    for name in ("eval_steps", "eval_examples_per_task"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise HarnessError(f"--{name.replace('_', '-')} must be at least 1.")
+    _reporters(cfg)
 
 
 def run_training(cfg: TrainConfig) -> Path:
@@ -158,6 +199,7 @@ class _Prepared:
     format: str
     datasets: list[TaskData]
     data: TrainingData
+    eval_rows: list[Row]  # the validation split packed as this arm packs (empty unless --eval-steps)
 
 
 def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
@@ -189,7 +231,8 @@ def _prepare_data(cfg: TrainConfig, model: ResolvedModel) -> _Prepared:
     renderer = Renderer(tokenizer, fmt)
     datasets = _load_train_tasks(cfg)
     return _Prepared(tokenizer=tokenizer, format=fmt, datasets=datasets,
-                     data=build_training_data(cfg, renderer, datasets))
+                     data=build_training_data(cfg, renderer, datasets),
+                     eval_rows=build_validation_rows(cfg, renderer, datasets) if cfg.eval_steps else [])
 
 
 def _start_run(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepared: _Prepared) -> TrainManifest:
@@ -197,7 +240,13 @@ def _start_run(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepared: 
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = to_dict(cfg) | {"format": prepared.format, "model_path": model.path, "adapter": model.adapter}
     write_yaml(run_dir / "config.yaml", resolved)
-    write_json(run_dir / "data_stats.json", prepared.data.stats())
+    stats = prepared.data.stats()
+    eval_rows = prepared.eval_rows
+    if eval_rows:
+        stats["validation"] = {"rows": len(eval_rows), "tokens": sum(r.num_tokens for r in eval_rows),
+                               "targets": sum(r.num_targets for r in eval_rows),
+                               "examples": sum(r.num_examples for r in eval_rows)}
+    write_json(run_dir / "data_stats.json", stats)
     manifest = TrainManifest(**Provenance.now(cfg.seed), method=cfg.method, status="running", model=model.path,
                              data_sources={d.task.name: d.source for d in prepared.datasets})
     manifest.write(run_dir / "manifest.json")
@@ -211,9 +260,12 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    rows = prepared.data.rows
-    dataset = Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows],
-                                 "seq_lengths": [r.seq_lengths for r in rows]})
+    def as_dataset(rows: list[Row]) -> Dataset:
+        return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows],
+                                  "seq_lengths": [r.seq_lengths for r in rows]})
+
+    dataset = as_dataset(prepared.data.rows)
+    eval_rows = prepared.eval_rows
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported() or not cuda
     # On a GPU the weights are loaded in bf16; on CPU they stay fp32 and bf16 autocast does the math.
@@ -243,7 +295,15 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
         logging_steps=1,
         save_steps=cfg.save_steps,
         save_total_limit=1,
-        report_to=[],
+        report_to=_reporters(cfg),
+        run_name=run_dir.name,
+        # Validation loss on the arm's own kind of sequences, before training and every eval_steps; loss only,
+        # since gathering logits over a 49k vocabulary would cost gigabytes.
+        eval_strategy="steps" if eval_rows else "no",
+        eval_steps=cfg.eval_steps,
+        eval_on_start=bool(eval_rows),
+        per_device_eval_batch_size=cfg.batch_size,
+        prediction_loss_only=True,
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=bf16,
@@ -265,8 +325,11 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
 
-    return SFTTrainer(model=lm, args=args, train_dataset=dataset, processing_class=prepared.tokenizer,
-                      peft_config=peft_config, callbacks=[LogToFile()])
+    trainer = SFTTrainer(model=lm, args=args, train_dataset=dataset,
+                         eval_dataset=as_dataset(eval_rows) if eval_rows else None,
+                         processing_class=prepared.tokenizer, peft_config=peft_config, callbacks=[LogToFile()])
+    _tensorboard_into(trainer, run_dir / TENSORBOARD_DIR)
+    return trainer
 
 
 def _save_final(trainer, cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepared: _Prepared) -> CheckpointInfo:
@@ -303,13 +366,28 @@ def _finish_run(manifest: TrainManifest, run_dir: Path, prepared: _Prepared, inf
         train_time_s=round(train_seconds, 1), steps=steps,
         seen={k: stats[k] for k in ("tokens", "trained_tokens", "targets", "examples", "rows")},
         tokens_per_second=round(stats["tokens"] / max(train_seconds, 1e-9), 1),
-        final_train_loss=_last_loss(run_dir / "train_log.jsonl"), checkpoint=str(run_dir / "final"),
+        final_train_loss=_last_loss(run_dir / "train_log.jsonl"),
+        final_eval_loss=_last_loss(run_dir / "train_log.jsonl", "eval_loss"), checkpoint=str(run_dir / "final"),
         checkpoint_kind="adapter" if info.adapter_only else "full")
     done.write(run_dir / "manifest.json")
 
 
-def _last_loss(log_path: Path) -> float | None:
+def _last_loss(log_path: Path, key: str = "loss") -> float | None:
     if not log_path.exists():
         return None
-    losses = [row["loss"] for row in map(json.loads, log_path.read_text().splitlines()) if "loss" in row]
+    losses = [row[key] for row in map(json.loads, log_path.read_text().splitlines()) if key in row]
     return losses[-1] if losses else None
+
+
+def _tensorboard_into(trainer, folder: Path) -> None:
+    """TensorBoard events go to the run directory (transformers' default is under output_dir, which is our
+    checkpoints/ folder, deleted at the end), unless $TENSORBOARD_LOGGING_DIR says otherwise."""
+    import os
+
+    from transformers.integrations import TensorBoardCallback
+
+    if os.environ.get("TENSORBOARD_LOGGING_DIR"):
+        return
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = str(folder)

@@ -224,7 +224,7 @@ def test_two_seeds_draw_two_demonstration_sets(env, tiny_model, common, tmp_path
 
 @pytest.mark.parametrize("change, message", [
     ({"--shots": "0,x"}, "--shots value `x` is not a non-negative number or `many`"),
-    ({"--shots": "100000"}, "Task sst2 has 40 train examples, fewer than --shots 100000"),
+    ({"--shots": "100000"}, "Task sst2 has 36 train examples, fewer than --shots 100000"),  # 40 less 4 validation
     ({"--tasks": "nope"}, "Unknown task `nope`"),
     ({"--backend": "nope"}, "Unknown --backend `nope`; use one of auto, vllm, hf."),
     ({"--limit": "0"}, "--limit must be at least 1."),
@@ -299,6 +299,29 @@ def test_probes_score_the_checkpoint_and_reuse_the_base_scores(probed, checkpoin
     assert sorted(spy.tasks[0]) == ["harness_arc_easy_0shot_s1234", "harness_sst2_0shot_s1234"]
     assert _records(second / "base" / "summary.jsonl") == base
     assert len(json.loads((cache / "manifest.json").read_text())["runs"]) == 1
+
+
+def test_per_document_outcomes_reproduce_the_summaries_and_pair_arms(evaluated, probed, env):
+    """issue 9 (stats branch): harness/paired.py reads what `harness evaluate` wrote."""
+    from harness.paired import compare_arms, pair, read_outcomes
+
+    out, _, _ = evaluated
+    table = read_outcomes([out])  # refuses samples whose mean is not the summary's score
+    assert len(table.outcomes) == 18 and {o.method for o in table.outcomes} == {"base"}
+    same = compare_arms(table, "base", "base", shots="many", iterations=1000)
+    assert (same.estimate, same.half_width, same.documents) == (0.0, 0.0, 6)
+
+    first, _, _ = probed
+    (cache,) = (env / "results" / "base-probes").iterdir()
+    table = read_outcomes([first, cache])
+    assert [(r.task, r.method) for r in table.without_samples] == [("arc_easy", "base")]  # first/base: a copy
+    pairing = pair(table, "manyicl", "base", shots="0", role="probe")
+    assert len(pairing.clusters) == 4 and (pairing.only_a, pairing.only_b) == (0, 0)
+    scores = {(r["method"]): r["value"] for r in _records(first / "summary.jsonl") + _records(cache / "summary.jsonl")
+              if r["task"] == "arc_easy"}
+    result = compare_arms(table, "manyicl", "base", shots="0", role="probe", iterations=1000)
+    assert result.estimate == pytest.approx(scores["manyicl"] - scores["base"])
+    assert result.low <= result.estimate <= result.high
 
 
 def test_base_probe_cache_is_not_shared_across_data_directories(checkpoint, tiny_model, common, tmp_path,

@@ -156,6 +156,39 @@ SMALL = {
 }
 
 
+def test_a_study_directory_pairs_its_arms_document_by_document(smoke):
+    """issue 9 (stats branch): the primary claim's pairs come straight from a study's evaluations, every
+    document under both demonstration seeds, and reproduce the difference of the summary scores."""
+    from harness.paired import compare_arms, pair, read_outcomes
+
+    root, *_ = smoke
+    table = read_outcomes([root])
+    assert set(table.methods) == {"base", "zero-shot", "few-shot", "many-shot-last", "manyicl", "dedicated"}
+    pairing = pair(table, "manyicl", "zero-shot", shots="many", role="train")
+    assert len(pairing.clusters) == 12 and {len(c.diffs) for c in pairing.clusters} == {2}  # 2 tasks x 6, 2 seeds
+    assert (pairing.only_a, pairing.only_b) == (0, 0)
+    records = [r for r in _records_under(root) if r["shots"] == "many" and r["role"] == "train"]
+
+    def score(method: str) -> float:
+        per_task = {}
+        for task in ("sst2", "rte"):
+            values = [r["value"] for r in records if r["method"] == method and r["task"] == task]
+            assert len(values) == 2
+            per_task[task] = sum(values) / 2
+        return sum(per_task.values()) / 2
+
+    result = compare_arms(table, "manyicl", "zero-shot", shots="many", role="train", iterations=1000)
+    assert result.estimate == pytest.approx(score("manyicl") - score("zero-shot"), abs=1e-12)
+    assert result.low <= result.estimate <= result.high
+    dedicated = pair(table, "dedicated", "base", shots="0", role="train")
+    assert {c.stratum for c in dedicated.clusters} == {"sst2", "rte"} and len(dedicated.clusters) == 12
+
+
+def _records_under(root: Path) -> list[dict]:
+    return [r for path in sorted(root.rglob("summary.jsonl")) if path.parent.name != "base" or
+            path.parent.parent.name == "evals" for r in _records(path)]
+
+
 def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -18,7 +18,8 @@ PACKAGES = ("harness", "train", "tasks")
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.errors",),
     ("harness.runs", "harness.processes", "harness.tiny", "tasks.lm_eval_metrics"),
-    ("harness.settings", "harness.results", "harness.schemas"),
+    ("harness.settings", "harness.results", "harness.schemas", "harness.stats"),
+    ("harness.paired",),
     ("tasks.formats", "tasks.registry", "harness.models"),
     ("train.sequences",),
     ("harness.prompts", "harness.serve", "harness.leaderboard", "harness.plots", "harness.claims",

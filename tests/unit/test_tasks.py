@@ -199,18 +199,18 @@ def test_single_split_is_deterministic_and_seeded(tmp_path):
     a_again = load_examples(load_task(str(_single_split(tmp_path / "again", "split_a", 7, 0.3))),
                             data_dir)  # a separate file with the same rule
     b = load_examples(load_task(str(_single_split(tmp_path, "split_b", 8, 0.3))), data_dir)
-    assert len(a.test) == 15 and len(a.train) == 35
+    assert len(a.test) == 15 and a.train_split_size == 35  # validation is carved from these 35
     assert _inputs(a.test) == _inputs(a_again.test) and _inputs(a.train) == _inputs(a_again.train)
     assert set(_inputs(a.test)) != set(_inputs(b.test))
     assert len(b.test) == 15
     for data in (a, b):
         assert not set(_inputs(data.train)) & set(_inputs(data.test))
-        assert len(set(_inputs(data.train)) | set(_inputs(data.test))) == 50
+        assert len(set(_inputs(data.train + data.validation)) | set(_inputs(data.test))) == 50
 
 
 def test_single_split_test_size_count_and_too_large(tmp_path):
     data = load_examples(load_task(str(_single_split(tmp_path, "count", 1, 12))), tmp_path / "data")
-    assert (len(data.train), len(data.test)) == (38, 12)
+    assert (data.train_split_size, len(data.test)) == (38, 12)
     with pytest.raises(HarnessError, match="leaves no train or no test rows"):
         load_examples(load_task(str(_single_split(tmp_path, "toobig", 1, 50))), tmp_path / "data")
 
@@ -346,7 +346,7 @@ def test_builtin_task_against_the_real_data(path, real_data):
     data = load_examples(load_task(path.stem), real_data)
     rows, n_test = REAL[path.stem]
     assert len(data.test) == n_test
-    assert len(data.train) + len(data.test) + data.dropped_overlap == rows
+    assert data.train_split_size + len(data.test) + data.dropped_overlap == rows
     assert data.dropped_overlap <= 10
     assert not set(_inputs(data.train)) & set(_inputs(data.test)), "a test input appears in train"
     if data.task.kind == "multiple_choice":
@@ -356,11 +356,11 @@ def test_builtin_task_against_the_real_data(path, real_data):
 
 def test_real_data_row_counts_named_in_the_brief(real_data):
     sst2 = load_examples(load_task("sst2"), real_data)
-    assert 6917 <= len(sst2.train) <= 6920
+    assert 6917 <= sst2.train_split_size <= 6920
     assert len(load_examples(load_task("gsm8k"), real_data).test) == 1319
     boolq = load_examples(load_task("boolq"), real_data)
     assert len(boolq.test) == round(0.3 * 3270)
-    assert len(boolq.train) + len(boolq.test) + boolq.dropped_overlap == 3270
+    assert boolq.train_split_size + len(boolq.test) + boolq.dropped_overlap == 3270
 
 
 # --------------------------------------------------------------------------- the hub fallback

@@ -1,0 +1,167 @@
+"""Per-document outcomes from evaluation directories (`samples/*.jsonl`), and the pairing of two arms on the same
+(task, shots, demonstration seed, document) for the paired statistics in `harness.stats`."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.results import SUMMARY_FILE, ResultRecord, lm_eval_task_name, read_records
+from harness.settings import METRIC_KEYS
+from harness.stats import Cluster, PairedResult, compare
+
+OutcomeKey = tuple[str, str, int, str]  # (task, shots, seed, uid): what two arms are paired on
+# lm-eval's mean of the per-document values is the record's value; a larger gap means the samples are not the
+# ones the summary was computed from.
+_AGREEMENT = 1e-6
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One document's score under one model, task, shot setting and demonstration seed."""
+
+    model: str
+    model_path: str
+    method: str
+    task: str
+    role: str
+    shots: str
+    seed: int
+    uid: str
+    value: float
+
+    @property
+    def key(self) -> OutcomeKey:
+        return (self.task, self.shots, self.seed, self.uid)
+
+
+@dataclass
+class OutcomeTable:
+    """Every per-document outcome found, and the records whose samples were not there (copies of the base
+    model's probe scores under `base/` carry only the summary)."""
+
+    outcomes: list[Outcome]
+    without_samples: list[ResultRecord] = field(default_factory=list)
+
+    @property
+    def methods(self) -> list[str]:
+        return sorted({o.method for o in self.outcomes})
+
+    def arm(self, method: str, model: str | None = None, role: str | None = None) -> dict[OutcomeKey, float]:
+        """(task, shots, seed, uid) -> the arm's outcome. A key scored by several models of the arm (a dedicated
+        run's per-task models on a probe, or several training seeds) gets their mean, as in the leaderboard."""
+        values: dict[OutcomeKey, list[float]] = defaultdict(list)
+        for o in self.outcomes:
+            if o.method == method and (model is None or o.model == model) and (role is None or o.role == role):
+                values[o.key].append(o.value)
+        return {k: math.fsum(v) / len(v) for k, v in values.items()}
+
+
+def read_outcomes(paths: Iterable[Path | str]) -> OutcomeTable:
+    """Per-document outcomes of every record in the summary.jsonl files at or under `paths`, read from the
+    `samples/` folder next to each summary. Each file's values must reproduce its record's score."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        files += [path] if path.is_file() else sorted(path.rglob(SUMMARY_FILE)) if path.is_dir() else []
+    if not files:
+        raise HarnessError(f"No {SUMMARY_FILE} under {', '.join(map(str, paths))}; pass evaluation or study "
+                           "directories.")
+    seen: dict[tuple[str, str, str, int, str], Path] = {}
+    outcomes: list[Outcome] = []
+    missing: list[ResultRecord] = []
+    for summary in files:
+        for record in read_records([summary]):
+            sample_file = summary.parent / "samples" / f"{lm_eval_task_name(record.task, record.shots, record.seed)}.jsonl"
+            if not sample_file.exists():
+                missing.append(record)
+                continue
+            # The same model's outcome read twice (an evaluation directory inside a study passed twice) counts once.
+            ident = (record.model_path, record.task, record.shots, record.seed, record.method)
+            if ident in seen:
+                continue
+            seen[ident] = sample_file
+            outcomes += _read_samples(sample_file, record)
+    return OutcomeTable(outcomes=outcomes, without_samples=missing)
+
+
+def _read_samples(path: Path, record: ResultRecord) -> list[Outcome]:
+    metric = METRIC_KEYS[record.metric]
+    out: list[Outcome] = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row.get("uid") is None or not isinstance(row.get(metric), int | float):
+            raise HarnessError(f"{path}:{lineno}: a sample needs `uid` and a numeric `{metric}`; re-run the "
+                               "evaluation with this version.")
+        out.append(Outcome(model=record.model, model_path=record.model_path, method=record.method, task=record.task,
+                           role=record.role, shots=record.shots, seed=record.seed, uid=str(row["uid"]),
+                           value=float(row[metric])))
+    uids = [o.uid for o in out]
+    if len(set(uids)) != len(uids):
+        raise HarnessError(f"{path} scores a document twice; re-run the evaluation into a fresh directory.")
+    if len(out) != record.num_docs or abs(statistics.fmean(o.value for o in out) - record.value) > _AGREEMENT:
+        raise HarnessError(f"{path} does not reproduce its summary record ({record.num_docs} documents, "
+                           f"{record.metric} {record.value:.4f}); re-run the evaluation into a fresh directory.")
+    return out
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """Two arms' outcomes matched on (task, shots, seed, document), grouped into one cluster per document."""
+
+    a: str
+    b: str
+    clusters: list[Cluster]
+    only_a: int  # (task, shots, seed, document) keys the other arm did not score (e.g. a query that did not fit)
+    only_b: int
+
+    def document_means(self) -> list[float]:
+        """Each document's difference averaged over its seeds: the pilot `stats.documents_needed` takes."""
+        return [math.fsum(c.diffs) / len(c.diffs) for c in self.clusters]
+
+    @property
+    def discordance(self) -> float:
+        """The share of (document, seed) pairs on which the arms' outcomes differ."""
+        pairs = [d for c in self.clusters for d in c.diffs]
+        return sum(d != 0 for d in pairs) / len(pairs)
+
+
+def pair(table: OutcomeTable, a: str, b: str, *, shots: str | None = None, role: str | None = None,
+         tasks: Iterable[str] | None = None, model_a: str | None = None, model_b: str | None = None) -> Pairing:
+    """Arm `a` minus arm `b` per document, over the chosen shot setting, task role and tasks. A document's
+    differences under its demonstration seeds form one cluster (they share the document), in seed order."""
+    wanted = set(tasks) if tasks is not None else None
+
+    def keep(key: OutcomeKey) -> bool:
+        return (shots is None or key[1] == shots) and (wanted is None or key[0] in wanted)
+
+    arm_a = {k: v for k, v in table.arm(a, model_a, role).items() if keep(k)}
+    arm_b = {k: v for k, v in table.arm(b, model_b, role).items() if keep(k)}
+    shared = arm_a.keys() & arm_b.keys()
+    if not shared:
+        raise HarnessError(f"Arms `{a}` and `{b}` share no scored document"
+                           f"{f' at {shots} shots' if shots else ''}{f' on {role} tasks' if role else ''}; "
+                           "evaluate both on the same tasks, shots and seeds.")
+    if shots is None and len({k[1] for k in shared}) > 1:
+        raise HarnessError(f"Arms `{a}` and `{b}` were scored at several shot settings; choose one to compare.")
+    grouped: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    for task, _shots, seed, uid in shared:
+        grouped[(task, uid)].append((seed, arm_a[(task, _shots, seed, uid)] - arm_b[(task, _shots, seed, uid)]))
+    clusters = [Cluster(stratum=task, uid=uid, diffs=tuple(d for _, d in sorted(diffs)))
+                for (task, uid), diffs in sorted(grouped.items())]
+    return Pairing(a=a, b=b, clusters=clusters, only_a=len(arm_a.keys() - shared), only_b=len(arm_b.keys() - shared))
+
+
+def compare_arms(table: OutcomeTable, a: str, b: str, *, shots: str | None = None, role: str | None = None,
+                 tasks: Iterable[str] | None = None, confidence: float = 0.95, iterations: int = 10_000,
+                 seed: int = 0, bootstrap: str = "percentile") -> PairedResult:
+    """`a` minus `b` with its bootstrap interval and permutation p-value (see `harness.stats.compare`)."""
+    pairing = pair(table, a, b, shots=shots, role=role, tasks=tasks)
+    return compare(pairing.clusters, confidence=confidence, iterations=iterations, seed=seed, bootstrap=bootstrap)
