@@ -174,7 +174,7 @@ def evaluate(
     probe_tasks: Annotated[str | None, typer.Option("--probe-tasks", help="Which probes (default all-probes).", rich_help_panel="Probes")] = None,
     probe_shots: Annotated[str | None, typer.Option("--probe-shots", help="Shot settings for probes (default 0).", rich_help_panel="Probes")] = None,
     heldout: Annotated[str | None, typer.Option("--heldout", help="Tasks no arm trained on (reported separately).")] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="vllm | hf | auto.", rich_help_panel="Backend")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="prefix | hf | vllm | auto (the fastest measured for this hardware).", rich_help_panel="Backend")] = None,
     server_url: Annotated[str | None, typer.Option("--server-url", help="A running OpenAI-compatible server (…/v1); key from $OPENAI_API_KEY.", rich_help_panel="Backend")] = None,
     served_model: Annotated[str | None, typer.Option("--served-model", help="Model name on --server-url.", rich_help_panel="Backend")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="auto | bfloat16 | float32.", rich_help_panel="Backend")] = None,

@@ -27,7 +27,7 @@ from train.trainer import CHECKPOINT_INFO, load_tokenizer, resolve_format
 
 log = logging.getLogger(__name__)
 METRIC_KEYS = {"accuracy": "acc", "exact_match_number": "exact_match", "rouge_l": "rouge_l"}
-BACKENDS = ("auto", "vllm", "hf")
+BACKENDS = ("auto", "vllm", "hf", "prefix")  # prefix: harness/prefix_scorer.py (issue 8)
 # Settings that change the numbers: a re-run into the same directory must keep them.
 _PINNED = ("limit", "max_length", "format", "dtype", "data_dir")
 
@@ -43,7 +43,7 @@ class EvalConfig:
     probes: bool | None = setting(None, "score the forgetting probes; default on for fine-tuned checkpoints")
     probe_tasks: list[str] = setting(["all-probes"], "which probes")
     probe_shots: list[str] = setting(["0"], "shot settings for the probes")
-    backend: str = setting("auto", "vllm | hf | auto (vLLM where it imports)")
+    backend: str = setting("auto", "prefix | hf | vllm | auto (the fastest measured here; see bench/RESULTS.md)")
     server_url: str | None = setting(None, "use a running OpenAI-compatible server (…/v1) instead of starting one")
     served_model: str | None = setting(None, "model name on --server-url (default: the model path)")
     seeds: int = setting(1, "repeat with this many demonstration draws (seed, seed+1, …)")
@@ -276,21 +276,22 @@ def _dtype(cfg: EvalConfig) -> str:
     return "bfloat16" if cfg.dtype == "auto" else cfg.dtype
 
 
-def _backend(cfg: EvalConfig) -> str:
+def _backend(cfg: EvalConfig, request_kinds: set[str]) -> tuple[str, str]:
+    """The backend to score with, and why (recorded in the manifest)."""
     if cfg.backend not in BACKENDS:
         raise HarnessError(f"Unknown --backend `{cfg.backend}`; use one of {', '.join(BACKENDS)}.")
     if cfg.server_url:
-        return "vllm"
-    if cfg.backend == "auto":
-        from harness.serve import vllm_available
+        return "vllm", "--server-url names a running server"
+    if cfg.backend == "auto":  # issue 8: the choice follows the benchmark (harness/backend_choice.py)
+        from harness.backend_choice import auto_backend
 
-        return "vllm" if vllm_available() else "hf"
+        return auto_backend(request_kinds)
     if cfg.backend == "vllm":
         from harness.serve import vllm_available
 
         if not vllm_available():
             raise HarnessError("--backend vllm needs vLLM installed (scripts/setup.sh installs it); or use --backend hf.")
-    return cfg.backend
+    return cfg.backend, f"--backend {cfg.backend}"
 
 
 def _drop_chat_template_advice(record: logging.LogRecord) -> bool:
@@ -309,12 +310,17 @@ def run_lm_eval(task_names: list[str], include_path: Path, mut: ModelUnderTest, 
     common = {"tasks": task_names, "task_manager": manager, "log_samples": True,
               "random_seed": cfg.seed, "numpy_random_seed": cfg.seed, "torch_random_seed": cfg.seed,
               "fewshot_random_seed": cfg.seed, "bootstrap_iters": 1000, "verbosity": "WARNING"}
-    if backend == "hf":
+    if backend in ("hf", "prefix"):
         args: dict[str, Any] = {"pretrained": mut.model.path, "dtype": _dtype(cfg), "max_length": max_length,
                                 "device": _device()}
         if mut.model.adapter:
             args["peft"] = mut.model.adapter
-        return lm_eval.simple_evaluate(model="hf", model_args=args, batch_size=cfg.batch_size, **common)
+        kind = "hf"
+        if backend == "prefix":  # issue 8: lm-eval's hf model with the demonstrations' cache computed once
+            import harness.prefix_scorer  # noqa: F401 - registers the lm-eval model `harness-prefix`
+
+            kind = "harness-prefix"
+        return lm_eval.simple_evaluate(model=kind, model_args=args, batch_size=cfg.batch_size, **common)
 
     from harness.serve import api_key_env, lm_eval_model_args, vllm_server
 
@@ -384,7 +390,7 @@ def run_evaluation(cfg: EvalConfig) -> Path:
         return _evaluate_dedicated(cfg, dedicated)
     mut = describe_model(cfg.model, cfg.method)
     plan = _plan(cfg, mut)
-    backend = _backend(cfg)
+    backend, backend_reason = _backend(cfg, {task.kind for task, _, _ in plan})
     out = Path(cfg.output_dir) if cfg.output_dir else new_run_dir("evals", mut.display_name, "eval")
     tokenizer = load_tokenizer(mut.model)
     fmt = resolve_format(tokenizer, requested_format(cfg, mut))
@@ -434,7 +440,8 @@ def run_evaluation(cfg: EvalConfig) -> Path:
     manifest_path = out / "manifest.json"
     history = read_json(manifest_path).get("runs", []) if manifest_path.exists() else []
     manifest = base_manifest(cfg.seed) | {"kind": "evaluate", "model": mut.model.path, "adapter": mut.model.adapter,
-                                          "method": mut.method, "backend": backend, "runs": history + ([timing] if timing else [])}
+                                          "method": mut.method, "backend": backend,
+                                          "backend_reason": backend_reason, "runs": history + ([timing] if timing else [])}
     write_json(manifest_path, manifest)
     if any(role == "probe" for _, role, _ in plan) and mut.is_finetuned:
         _base_probe_records(cfg, mut, plan, out)

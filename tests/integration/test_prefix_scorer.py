@@ -170,3 +170,29 @@ def test_rolling_loglikelihood_is_refused(model):
     lm = PrefixScorerLM(pretrained=str(model), dtype="float32", device="cpu")
     with pytest.raises(HarnessError, match="loglikelihood_rolling"):
         lm.loglikelihood_rolling([])
+
+
+def test_evaluate_auto_picks_prefix_on_cpu_with_hf_scores(model, tiny_data, tmp_path):
+    """`harness evaluate --backend auto` on a CPU scores with the prefix scorer, says why in the manifest, and gives
+    the scores `--backend hf` gives; the records name the backend."""
+    import json
+
+    from tests.helpers import run_harness
+
+    def evaluate(backend: str) -> tuple[dict, list[dict]]:
+        out = tmp_path / backend
+        code, _, err = run_harness(["evaluate", "--model", str(model), "--tasks", "trec,asdiv", "--shots", "0,many",
+                                    "--limit", "4", "--data-dir", str(tiny_data), "--max-length", str(MAX_LENGTH),
+                                    "--dtype", "float32", "--backend", backend, "-o", str(out)])
+        assert code == 0, err[-3000:]
+        records = [json.loads(line) for line in (out / "summary.jsonl").read_text().splitlines()]
+        return json.loads((out / "manifest.json").read_text()), records
+
+    auto_manifest, auto_records = evaluate("auto")
+    hf_manifest, hf_records = evaluate("hf")
+    assert auto_manifest["backend"] == "prefix" and "no GPU" in auto_manifest["backend_reason"]
+    assert hf_manifest["backend"] == "hf" and hf_manifest["backend_reason"] == "--backend hf"
+    key = lambda r: (r["task"], r["shots"])  # noqa: E731
+    assert len(auto_records) == 4
+    for got, ref in zip(sorted(auto_records, key=key), sorted(hf_records, key=key), strict=True):
+        assert key(got) == key(ref) and got["value"] == ref["value"] and got["backend"] == "prefix"
