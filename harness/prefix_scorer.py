@@ -239,8 +239,10 @@ class PrefixScorerLM(HFLM):
         index = {k: i for i, k in enumerate(keys)}
         seqs = [units[k].tokens for k in keys]
         groups = group_by_prefix(seqs, [units[k].first_needed for k in keys])
-        # the log-softmax rows each unit needs, from its first needed position to its end
-        rows: dict[int, torch.Tensor] = {}
+        waiting: dict[int, list[int]] = defaultdict(list)  # unit -> the requests it answers
+        for n, (key, _, _) in enumerate(plan):
+            waiting[index[key]].append(n)
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
         pbar = tqdm(total=len(seqs), disable=disable_tqdm or self.rank != 0, desc="Prefix-cached loglikelihood")
         for group in groups:
             P = group.prefix_len
@@ -260,23 +262,27 @@ class PrefixScorerLM(HFLM):
                 logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
                 for row, (i, off) in enumerate(zip(batch, offsets, strict=True)):
                     cols = [column[p] for p in range(off, len(seqs[i]) - P)]
-                    rows[i] = logprobs[row, cols]
+                    first_needed = units[keys[i]].first_needed
+                    for n in waiting.pop(i):  # answered now, so no unit's logits outlive its batch
+                        _, continuation, start = plan[n]
+                        at = start - first_needed
+                        results[n] = self._answer(logprobs[row, cols[at:at + len(continuation)]], continuation)
+                        self.cache_hook.add_partial("loglikelihood", requests[n][0], results[n])
                 done += len(batch)
                 pbar.update(len(batch))
             del prefix
         pbar.close()
 
-        results = []
-        for (request_str, _, _), (key, continuation, start) in zip(requests, plan, strict=True):
-            i = index[key]
-            first = units[key].first_needed
-            scored = rows[i][start - first:start - first + len(continuation)].unsqueeze(0)  # [1, cont, vocab]
-            cont = torch.tensor(continuation, dtype=torch.long, device=scored.device).unsqueeze(0)
-            greedy = bool((scored.argmax(dim=-1) == cont).all())
-            answer = (float(torch.gather(scored, 2, cont.unsqueeze(-1)).squeeze(-1).sum()), greedy)
-            results.append(answer)
-            self.cache_hook.add_partial("loglikelihood", request_str, answer)
-        return results
+        assert None not in results, "every request belongs to exactly one group"
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _answer(scored: torch.Tensor, continuation: list[int]) -> tuple[float, bool]:
+        """(log-likelihood, is_greedy) from the log-softmax rows of the continuation's positions, reduced as hf
+        reduces them (a sum in the softmax dtype)."""
+        cont = torch.tensor(continuation, dtype=torch.long, device=scored.device)
+        greedy = bool((scored.argmax(dim=-1) == cont).all())
+        return float(torch.gather(scored, 1, cont.unsqueeze(-1)).squeeze(-1).sum()), greedy
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         raise UnsupportedRequest("The harness-prefix model scores log-likelihood and generation requests only; "
