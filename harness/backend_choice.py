@@ -3,8 +3,10 @@ fastest one bench/eval_many_shot.py measured for this kind of hardware and these
 
 from __future__ import annotations
 
-# Measured by bench/eval_many_shot.py --quick on a 2-core CPU (bench/RESULTS.md), documents per second.
-CPU_EVIDENCE = "bench/RESULTS.md: on a 2-core CPU the prefix scorer was the fastest at every shot count"
+# Measured by bench/eval_many_shot.py --quick on a 2-core CPU (bench/RESULTS.md, 2026-11-29): SmolLM2-135M, sst2,
+# documents/s. Generation was not in that run; vLLM's server also needs ~95 s to start on this CPU.
+CPU_EVIDENCE = ("bench/RESULTS.md, 2-core CPU: the prefix scorer was fastest at 0, 8, 32 and many shots (many: 4.34 "
+                "documents/s, lm-eval hf 0.51, vLLM server 0.29); generation speed there is not benchmarked")
 
 
 def auto_backend(request_kinds: set[str], on_gpu: bool | None = None, vllm_ok: bool | None = None) -> tuple[str, str]:
