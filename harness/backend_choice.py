@@ -5,8 +5,8 @@ from __future__ import annotations
 
 # Measured by bench/eval_many_shot.py --quick on a 2-core CPU (bench/RESULTS.md, 2026-11-29): SmolLM2-135M, sst2,
 # documents/s. Generation was not in that run; vLLM's server also needs ~95 s to start on this CPU.
-CPU_EVIDENCE = ("bench/RESULTS.md, 2-core CPU: the prefix scorer was fastest at 0, 8, 32 and many shots (many: 4.34 "
-                "documents/s, lm-eval hf 0.51, vLLM server 0.29); generation speed there is not benchmarked")
+CPU_EVIDENCE = ("bench/RESULTS.md, 2-core CPU: the prefix scorer was fastest at 0, 8, 32 and many shots (many: 7.86 "
+                "documents/s, lm-eval hf 0.48, vLLM server 0.28); generation speed there is not benchmarked")
 
 
 def auto_backend(request_kinds: set[str], on_gpu: bool | None = None, vllm_ok: bool | None = None) -> tuple[str, str]:
