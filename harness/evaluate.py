@@ -91,7 +91,7 @@ def run_evaluation(cfg: EvalConfig) -> Path:
         return _evaluate_dedicated(cfg, dedicated)
     mut = describe_model(cfg.model, cfg.method)
     plan = _plan(cfg, mut)
-    backend = choose_backend(cfg)
+    backend, backend_reason = choose_backend(cfg, {task.kind for task, _, _ in plan})
     out = Path(cfg.output_dir) if cfg.output_dir else new_run_dir("evals", mut.display_name, "eval")
     tokenizer = load_tokenizer(mut.model)
     fmt = resolve_format(tokenizer, requested_format(cfg, mut))
@@ -112,7 +112,7 @@ def run_evaluation(cfg: EvalConfig) -> Path:
         new, timing = _score(todo, cfg, mut, Renderer(tokenizer, fmt), backend, max_length, out)
         records += new
         write_records(summary_path, records)  # after every batch, so an interrupted run keeps what it finished
-    _record_manifest(out, cfg, mut, backend, timing)
+    _record_manifest(out, cfg, mut, backend, backend_reason, timing)
     if any(role == "probe" for _, role, _ in plan) and mut.is_finetuned:
         _base_probe_records(cfg, mut, plan, out)
     write_lm_eval_readme(out, mut, max_length)
@@ -167,12 +167,13 @@ def _score(todo: list[tuple[TaskDef, str, str, int]], cfg: EvalConfig, mut: Mode
 # --------------------------------------------------------------------------- record
 
 
-def _record_manifest(out: Path, cfg: EvalConfig, mut: ModelUnderTest, backend: str, timing: dict[str, Any]) -> None:
+def _record_manifest(out: Path, cfg: EvalConfig, mut: ModelUnderTest, backend: str, backend_reason: str,
+                     timing: dict[str, Any]) -> None:
     """Rewrite the manifest with this call's provenance, keeping every earlier call's timing entry."""
     path = out / MANIFEST_FILE
     history = EvalManifest.read(path).runs if path.exists() else []
     EvalManifest(**Provenance.now(cfg.seed), model=mut.model.path, adapter=mut.model.adapter, method=mut.method,
-                 backend=backend, runs=history + ([timing] if timing else [])).write(path)
+                 backend=backend, backend_reason=backend_reason, runs=history + ([timing] if timing else [])).write(path)
 
 
 def _check_pinned(out: Path, resolved: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import serve
+from harness.backend_choice import auto_backend
 from harness.errors import HarnessError
 from harness.models import ModelUnderTest
 from harness.prompts import PromptSet
@@ -116,7 +117,7 @@ class ScoringCall:
     log_dir: Path
 
 
-def _run_hf(call: ScoringCall) -> dict[str, Any]:
+def _run_hf(call: ScoringCall, model: str = "hf") -> dict[str, Any]:
     import lm_eval
 
     mut, cfg = call.mut, call.cfg
@@ -124,7 +125,14 @@ def _run_hf(call: ScoringCall) -> dict[str, Any]:
                             "device": _device()}
     if mut.model.adapter:
         args["peft"] = mut.model.adapter
-    return lm_eval.simple_evaluate(model="hf", model_args=args, batch_size=cfg.batch_size, **call.common)
+    return lm_eval.simple_evaluate(model=model, model_args=args, batch_size=cfg.batch_size, **call.common)
+
+
+def _run_prefix(call: ScoringCall) -> dict[str, Any]:
+    """lm-eval's hf model with each setting's shared demonstrations computed once (harness/prefix_scorer.py)."""
+    import harness.prefix_scorer  # noqa: F401 - registers the lm-eval model `harness-prefix`
+
+    return _run_hf(call, model="harness-prefix")
 
 
 def _run_vllm(call: ScoringCall) -> dict[str, Any]:
@@ -148,21 +156,22 @@ def _run_vllm(call: ScoringCall) -> dict[str, Any]:
 
 
 # A new scoring backend is one more entry here (and, where it needs one, an availability check in choose_backend).
-RUNNERS: dict[str, Callable[[ScoringCall], dict[str, Any]]] = {"vllm": _run_vllm, "hf": _run_hf}
+RUNNERS: dict[str, Callable[[ScoringCall], dict[str, Any]]] = {"vllm": _run_vllm, "hf": _run_hf, "prefix": _run_prefix}
 BACKENDS = ("auto", *RUNNERS)
 
 
-def choose_backend(cfg: EvalConfig) -> str:
-    """The backend that will score: --server-url means vLLM's API; `auto` is vLLM where it imports, else hf."""
+def choose_backend(cfg: EvalConfig, request_kinds: set[str]) -> tuple[str, str]:
+    """The backend that will score and why (recorded in the manifest): --server-url means vLLM's API; `auto` is
+    the fastest one bench/eval_many_shot.py measured for this hardware and these request kinds."""
     if cfg.backend not in BACKENDS:
         raise HarnessError(f"Unknown --backend `{cfg.backend}`; use one of {', '.join(BACKENDS)}.")
     if cfg.server_url:
-        return "vllm"
+        return "vllm", "--server-url names a running server"
     if cfg.backend == "auto":
-        return "vllm" if serve.vllm_available() else "hf"
+        return auto_backend(request_kinds)
     if cfg.backend == "vllm" and not serve.vllm_available():
         raise HarnessError("--backend vllm needs vLLM installed (scripts/setup.sh installs it); or use --backend hf.")
-    return cfg.backend
+    return cfg.backend, f"--backend {cfg.backend}"
 
 
 def run_lm_eval(task_names: list[str], include_path: Path, mut: ModelUnderTest, cfg: EvalConfig, backend: str,

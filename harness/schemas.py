@@ -118,7 +118,8 @@ class EvalManifest(Provenance):
     model: str  # the base weights' path (or hub id)
     adapter: str | None = None  # the LoRA adapter folder on top of `model`, if any
     method: str  # arm label of the records
-    backend: str  # vllm | hf
+    backend: str  # prefix | hf | vllm
+    backend_reason: str | None = None  # why this backend: the flag, or the measured figures behind `auto`
     runs: list[dict[str, Any]] = field(default_factory=list)  # one entry per call that scored something
     schema_version: int = SCHEMA_VERSION
 

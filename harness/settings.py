@@ -103,7 +103,7 @@ class EvalConfig:
     probes: bool | None = setting(None, "score the forgetting probes; default on for fine-tuned checkpoints")
     probe_tasks: list[str] = setting(["all-probes"], "which probes")
     probe_shots: list[str] = setting(["0"], "shot settings for the probes")
-    backend: str = setting("auto", "vllm | hf | auto (vLLM where it imports)")
+    backend: str = setting("auto", "prefix | hf | vllm | auto (the fastest measured here; see bench/RESULTS.md)")
     server_url: str | None = setting(None, "use a running OpenAI-compatible server (…/v1) instead of starting one")
     served_model: str | None = setting(None, "model name on --server-url (default: the model path)")
     seeds: int = setting(1, "repeat with this many demonstration draws (seed, seed+1, …)")

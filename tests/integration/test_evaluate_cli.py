@@ -226,7 +226,7 @@ def test_two_seeds_draw_two_demonstration_sets(env, tiny_model, common, tmp_path
     ({"--shots": "0,x"}, "--shots value `x` is not a non-negative number or `many`"),
     ({"--shots": "100000"}, "Task sst2 has 36 train examples, fewer than --shots 100000"),  # 40 less 4 validation
     ({"--tasks": "nope"}, "Unknown task `nope`"),
-    ({"--backend": "nope"}, "Unknown --backend `nope`; use one of auto, vllm, hf."),
+    ({"--backend": "nope"}, "Unknown --backend `nope`; use one of auto, vllm, hf, prefix."),
     ({"--limit": "0"}, "--limit must be at least 1."),
     ({"--seeds": "0"}, "--seeds must be at least 1."),
     ({"--probes": None, "--probe-tasks": "sst2"}, "sst2 is not a probe"),

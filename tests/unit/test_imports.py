@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.paired",),
     ("tasks.formats", "tasks.registry", "harness.models"),
     ("train.sequences",),
-    ("harness.prompts", "harness.serve", "harness.leaderboard", "harness.plots", "harness.claims",
+    ("harness.prompts", "harness.serve", "harness.backend_choice", "harness.leaderboard", "harness.plots", "harness.claims",
      "train.trainer", "harness.preview", "harness.prefix_scorer"),
     ("harness.lm_eval_bridge", "harness.report", "harness.study_display", "harness.study_stages"),
     ("harness.evaluate",),
