@@ -470,3 +470,4 @@ def test_hub_failure_is_one_sentence(tmp_path, monkeypatch):
 def test_offline_without_files_says_where_it_looked(tmp_path):
     with pytest.raises(HarnessError, match=r"not found in .*HF_HUB_OFFLINE=1"):
         load_examples(load_task("cb"), tmp_path)
+
