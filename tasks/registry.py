@@ -529,7 +529,7 @@ def _split_single(task: TaskDef, rows: list[dict]) -> tuple[list[tuple[int, dict
     size = task.split.test_size
     n_test = int(round(size * n)) if size < 1 else int(size)
     if not 0 < n_test < n:
-        raise HarnessError(f"Task {task.name}: `split.test_size: {size}` leaves no train or no test rows out of {n}; "
+        raise HarnessError(f"Task {task.name}: `split.test_size: {size:g}` leaves no train or no test rows out of {n}; "
                            "lower it.")
     order = list(range(n))
     random.Random(task.split.seed).shuffle(order)
