@@ -149,7 +149,7 @@ def parse_csv(path: Path, columns: tuple[str, ...] | list[str] | None = None, de
     start = 0
     try:
         for row in reader:
-            lineno = reader.line_num
+            lineno, start = reader.line_num, reader.line_num
             if not any(cell.strip() for cell in row):
                 continue
             if names is None:
@@ -163,10 +163,10 @@ def parse_csv(path: Path, columns: tuple[str, ...] | list[str] | None = None, de
                 raise HarnessError(f"{path}:{lineno}: expected {len(names)} columns ({', '.join(names)}), got "
                                    f"{len(row)}{hint}; fix or remove the line.")
             records.append(dict(zip(names, row, strict=True)))
-            start = lineno
     except csv.Error as err:
-        raise HarnessError(f"{path}:{reader.line_num or start + 1}: not valid CSV ({err}); fix the quoting of the line."
-                           ) from None
+        # The row that failed starts on the line after the last one read: name that line, where the quote opened.
+        raise HarnessError(f"{path}:{start + 1}: not valid CSV ({err}); check the quotes of the row starting on this "
+                           "line.") from None
     return records
 
 
