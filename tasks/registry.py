@@ -199,6 +199,9 @@ def _problems_in(raw: Any, path: Path) -> list[str]:
     single_split = "train" not in files or (hub and "train" not in hub_splits)
     if split is None and files and "train" not in files:
         problems.append(f"{where}: the source has no train split; add `split: {{seed: 1234, test_size: 0.2}}`.")
+    elif split is None and hub and "train" not in hub_splits:
+        problems.append(f"{where}: `source.hub` has no train split; add `train` to `source.hub.splits` or a "
+                        "`split: {seed: 1234, test_size: 0.2}` rule.")
     if split is not None:
         if not isinstance(split, dict) or set(split) != _SPLIT_KEYS:
             problems.append(f"{where}: `split` must have exactly `seed` and `test_size`.")

@@ -160,6 +160,8 @@ TASK_FILES = [
         r"`source.files` must map `train` and/or `test` to paths"),
     Case("task files", "hub path is a number", lambda e: e.train(e.task(source={"hub": {"path": 3}})),
          r"`source.hub` needs at least `path`"),
+    Case("task files", "a hub source without a train split", lambda e: e.train(e.task(source={"hub": {"path": "x/y"}})),
+         r"`source.hub` has no train split; add `train` to `source.hub.splits`"),
     Case("task files", "YAML syntax error", lambda e: e.train(e.task(raw="name: mini\nfamily: [qa\n")),
          r"mini\.yaml: line \d+ is not valid YAML"),
     Case("task files", "not UTF-8", lambda e: e.train(str(e.file(
