@@ -397,7 +397,7 @@ def test_bad_input(case: Case, tmp_path, tiny_model, tiny_data, monkeypatch, cap
         assert re.search(case.warns, warnings), f"{case.warns!r} not among the warnings {warnings!r}"
 
 
-def test_every_group_has_cases():
+def test_the_corpus_covers_its_groups_with_distinct_cases():
     groups = {c.group for c in CASES}
-    assert groups == {"task files", "data files", "results files", "models", "output paths"}
-    assert len({(c.group, c.name) for c in CASES}) == len(CASES), "two cases share a name"
+    assert {"task files", "data files", "results files", "models", "output paths"} <= groups  # more may be added
+    assert len({(c.group, c.name) for c in CASES}) == len(CASES), "two cases share a name (test ids would clash)"
