@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from harness.cli_options import (
     BackendOpt,
@@ -122,9 +123,9 @@ def tasks_validate(paths: Annotated[list[str] | None, typer.Argument(help="Task 
         problems = validate(target, data_dir)
         if problems:
             failed += 1
-            err_console.print(f"[red]✗[/red] {target}")
+            err_console.print("[red]✗[/red]", Text(str(target)))
             for problem in problems:
-                err_console.print(f"    {problem}")
+                err_console.print(f"    {problem}", markup=False, emoji=False)
         else:
             console.print(f"[green]✓[/green] {target}")
     if failed:
@@ -304,7 +305,7 @@ def plot(
     try:
         written.append(plot_forgetting(records, output_dir / "forgetting.png"))
     except HarnessError as err:
-        err_console.print(f"[dim]No forgetting plot: {err}[/dim]")
+        err_console.print(Text(f"No forgetting plot: {err}", style="dim"))
     for path in written:
         console.print(f"Wrote {path}")
 
@@ -360,7 +361,7 @@ def main() -> None:
     try:
         app()
     except HarnessError as err:
-        err_console.print(f"[bold red]Error:[/bold red] {err}")
+        err_console.print("[bold red]Error:[/bold red]", err)  # the error object renders as literal text (row ids, [paths])
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]Interrupted.[/yellow]")

@@ -79,6 +79,9 @@ def resolve_model(spec: str | None) -> ResolvedModel:
     if spec == TINY_MODEL:
         return ResolvedModel(path=str(tiny_model_path()), adapter=None, name=TINY_MODEL)
     path = Path(spec).expanduser()
+    if path.is_file():
+        raise HarnessError(f"Model {path} is a file; pass the folder that holds it with config.json (or "
+                           "adapter_config.json), a training run directory, or a hub id.")
     if path.is_dir():
         final = path / "final"
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
@@ -91,8 +94,9 @@ def resolve_model(spec: str | None) -> ResolvedModel:
                 )
         name = _model_name_for(path)
         adapter_cfg = path / "adapter_config.json"
+        check_model_folder(path)
         if adapter_cfg.exists():
-            base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+            base = _read_config(adapter_cfg).get("base_model_name_or_path")
             if not base:
                 raise HarnessError(
                     f"{adapter_cfg} names no base_model_name_or_path; set it to the base model's folder or hub id."
@@ -103,6 +107,39 @@ def resolve_model(spec: str | None) -> ResolvedModel:
     if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1:
         raise HarnessError(f"Model path {spec} does not exist; pass an existing folder or a hub id like org/name.")
     return ResolvedModel(path=spec, adapter=None, name=_slug(spec.split("/")[-1]))
+
+
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+_TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise HarnessError(f"{path} cannot be read as JSON ({type(err).__name__}); the model folder looks damaged: "
+                           "copy or save it again.") from None
+    if not isinstance(config, dict):
+        raise HarnessError(f"{path} is not a JSON object; the model folder looks damaged: copy or save it again.")
+    return config
+
+
+def check_model_folder(path: Path) -> None:
+    """Refuse a model folder that cannot load (a half-finished copy or save) before anything is written."""
+    if (path / "adapter_config.json").exists():
+        _read_config(path / "adapter_config.json")
+        if not any((path / f).exists() for f in _ADAPTER_WEIGHTS):
+            raise HarnessError(f"Adapter folder {path} has adapter_config.json but no adapter weights "
+                               f"({' or '.join(_ADAPTER_WEIGHTS)}); the copy looks incomplete.")
+        return
+    _read_config(path / "config.json")
+    if not any((path / f).exists() for f in _WEIGHTS) and not list(path.glob("model-*.safetensors")):
+        raise HarnessError(f"Model folder {path} has config.json but no weights ({_WEIGHTS[0]} or sharded "
+                           "model-*.safetensors); the copy or save looks incomplete.")
+    if not any((path / f).exists() for f in _TOKENIZER):
+        raise HarnessError(f"Model folder {path} has no tokenizer ({_TOKENIZER[0]} or {_TOKENIZER[1]}); save the "
+                           "tokenizer into it (`tokenizer.save_pretrained`).")
 
 
 def _model_name_for(path: Path) -> str:

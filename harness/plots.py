@@ -51,7 +51,17 @@ def _save(fig: Figure, out_path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise HarnessError(f"Cannot write {out_path}: {_blocking_file(out_path.parent)} is a file, not a folder; "
+                           "choose another --output-dir.") from None
+    except OSError as err:
+        raise HarnessError(f"Cannot create the folder {out_path.parent} ({err.strerror}); choose another "
+                           "--output-dir.") from None
+    if out_path.is_dir():
+        raise HarnessError(f"Cannot write {out_path}: a folder of that name is in the way; move it or choose "
+                           "another --output-dir.")
     FigureCanvasAgg(fig)
     fmt = out_path.suffix.lstrip(".").lower() or "png"
     # a fresh name rather than mkstemp, so the figure gets the usual permissions rather than 0600
@@ -59,10 +69,22 @@ def _save(fig: Figure, out_path: Path) -> Path:
     try:
         fig.savefig(tmp, dpi=DPI, format=fmt)
         os.replace(tmp, out_path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise HarnessError(f"Cannot write {out_path} ({err.strerror}); choose another --output-dir or free space."
+                           ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out_path
+
+
+def _blocking_file(folder: Path) -> Path:
+    """The first part of `folder` that exists as a file, which is why the folder cannot be made."""
+    for part in [*reversed(folder.parents), folder]:
+        if part.exists() and not part.is_dir():
+            return part
+    return folder
 
 
 def plot_scores_vs_shots(records: list[ResultRecord], out_path: Path) -> Path:

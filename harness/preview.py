@@ -85,9 +85,11 @@ def show_examples(task: str, model: str | None, fmt: str, data_dir: str | None, 
         body.append(renderer.answer_text(ex.answer), style="bold green")
         if ex.choices:
             body.append(f"\n\nchoices: {list(ex.choices)}", style="italic")
-        panels.append(Panel(body, title=ex.uid))
+        panels.append(Panel(body, title=Text(ex.uid)))  # Text: a str title reads `:train:` as an emoji code
     header = Text(f"{definition.name} ({definition.family}{', probe' if definition.probe else ''}): "
                   f"{definition.description}\nsource: {data.source}\ntrain {len(data.train)} / validation "
                   f"{len(data.validation)} / test {len(data.test)}"
-                  f" · metric {definition.metric} · format {renderer.format}")
+                  f" · metric {definition.metric} · format {renderer.format}"
+                  + (f"\n{data.dropped_overlap} train rows dropped: the same input as a test row (up to whitespace "
+                     "and case)" if data.dropped_overlap else ""))
     return Group(header, *panels)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.runs import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SUMMARY_FILE = "summary.jsonl"
@@ -53,28 +57,82 @@ class ResultRecord:
         return float("inf") if self.shots == "many" else float(self.shots)
 
 
-def read_records(paths: Iterable[Path]) -> list[ResultRecord]:
-    """Every record in the summary.jsonl files at or under the given paths."""
+_TEXT = (str,)
+_INT = (int,)
+_NUMBER = (int, float)
+# What each field holds in a version-1 line; a line that breaks this is skipped, not half-read.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "model": _TEXT, "model_path": _TEXT, "base_model": _TEXT, "method": _TEXT, "task": _TEXT, "family": _TEXT,
+    "role": _TEXT, "shots": _TEXT, "shots_min": _INT, "shots_mean": _NUMBER, "shots_max": _INT, "metric": _TEXT,
+    "value": _NUMBER, "stderr": (*_NUMBER, type(None)), "seed": _INT, "num_docs": _INT, "backend": _TEXT,
+    "format": _TEXT, "max_length": _INT, "created": _TEXT, "schema_version": _INT,
+}
+
+
+def parse_record(line: str) -> ResultRecord:
+    """One summary.jsonl line -> a record; ValueError says in a few words what is wrong with the line."""
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON ({err.msg}; a truncated write?)") from None
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"schema_version {raw.get('schema_version')!r}, not {SCHEMA_VERSION} (written by another "
+                         "version; re-run that evaluation)")
+    missing = [name for name in _FIELD_TYPES if name not in raw]
+    if missing:
+        raise ValueError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    for name, types in _FIELD_TYPES.items():
+        value = raw[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"field `{name}` is {value!r}, not a {' or '.join(t.__name__ for t in types)}")
+    if not (raw["shots"] == "many" or raw["shots"].isdigit()):
+        raise ValueError(f"field `shots` is {raw['shots']!r}, not a number or `many`")
+    if not math.isfinite(raw["value"]):
+        raise ValueError(f"field `value` is {raw['value']!r}, not a finite number")
+    return ResultRecord(**{k: raw[k] for k in _FIELD_TYPES})
+
+
+def summary_files(paths: Iterable[Path]) -> list[Path]:
+    """The summary.jsonl files at or under the given paths (a .jsonl file is taken as one)."""
     files: list[Path] = []
     for path in paths:
         path = Path(path)
         if path.is_file():
+            if path.suffix != ".jsonl":
+                raise HarnessError(f"{path} is not a {SUMMARY_FILE} file; pass evaluation or study directories.")
             files.append(path)
         elif path.is_dir():
-            files += sorted(path.rglob(SUMMARY_FILE))
+            files += sorted(p for p in path.rglob(SUMMARY_FILE) if p.is_file())
         else:
             raise HarnessError(f"{path} does not exist; pass evaluation or study directories.")
-    names = {f.name for f in dataclasses.fields(ResultRecord)}
+    return files
+
+
+def read_records(paths: Iterable[Path], strict: bool = False) -> list[ResultRecord]:
+    """Every record in the summary.jsonl files at or under the given paths.
+
+    A line that cannot be read (cut short by a crash, edited by hand, written by another schema version) is
+    skipped with a warning naming the file and line, so one bad line does not hide a study's results; with
+    `strict`, it is an error instead.
+    """
     records = []
-    for file in files:
-        for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
+    for file in summary_files(paths):
+        try:
+            lines = file.read_bytes().splitlines()
+        except OSError as err:
+            raise HarnessError(f"{file} cannot be read ({err.strerror}); check its permissions.") from None
+        for lineno, data in enumerate(lines, 1):
+            if not data.strip():
                 continue
-            raw = json.loads(line)
-            if raw.get("schema_version") != SCHEMA_VERSION:
-                raise HarnessError(f"{file}:{lineno}: schema_version {raw.get('schema_version')} is not "
-                                   f"{SCHEMA_VERSION}; re-run the evaluation with this version.")
-            records.append(ResultRecord(**{k: v for k, v in raw.items() if k in names}))
+            try:
+                records.append(parse_record(data.decode("utf-8")))
+            except (ValueError, UnicodeDecodeError) as err:
+                why = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err)
+                if strict:
+                    raise HarnessError(f"{file}:{lineno}: cannot read this result line: {why}.") from None
+                log.warning("%s:%d: skipped a result line: %s.", file, lineno, why)
     return records
 
 

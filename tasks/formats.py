@@ -7,6 +7,8 @@ the file parser would have produced, so both sources render identically.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections.abc import Callable
@@ -17,18 +19,44 @@ from harness.errors import HarnessError
 Record = dict
 
 
+def read_text(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 or cannot be read is one sentence naming the file and line."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise HarnessError(f"{path} is a folder, not a data file; point `source.files` at the file.") from None
+    except OSError as err:
+        raise HarnessError(f"{path} cannot be read ({err.strerror}); check that it exists and its permissions.") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise HarnessError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); "
+                           "convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+
+
 def _lines(path: Path) -> list[tuple[int, str]]:
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     return [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+
+
+def _truncated(path: Path, lineno: int, lines: list[tuple[int, str]]) -> str:
+    """A hint when the bad line is the file's last and the file does not end with a newline: a cut-off copy."""
+    if lines and lineno == lines[-1][0] and not read_text(path).endswith("\n"):
+        return " (it is the last line and the file does not end with a newline: the file looks truncated)"
+    return ""
 
 
 def parse_label_text_lines(path: Path) -> list[Record]:
     """`LABEL text` per line (SST-2 as published by tonyzhaozh/few-shot-learning)."""
     records = []
-    for lineno, line in _lines(path):
+    lines = _lines(path)
+    for lineno, line in lines:
         label, sep, text = line.partition(" ")
         if not sep or not text.strip():
-            raise HarnessError(f"{path}:{lineno}: expected `LABEL text`, got {line[:60]!r}; fix or remove the line.")
+            raise HarnessError(f"{path}:{lineno}: expected `LABEL text`, got {line[:60]!r}"
+                               f"{_truncated(path, lineno, lines)}; fix or remove the line.")
         records.append({"label": label, "text": text.strip()})
     return records
 
@@ -36,24 +64,26 @@ def parse_label_text_lines(path: Path) -> list[Record]:
 def parse_trec_lines(path: Path) -> list[Record]:
     """`COARSE:fine question` per line (TREC as published by tonyzhaozh/few-shot-learning)."""
     records = []
-    for lineno, line in _lines(path):
+    lines = _lines(path)
+    for lineno, line in lines:
         head, sep, text = line.partition(" ")
         coarse, colon, fine = head.partition(":")
         if not sep or not colon or not text.strip():
-            raise HarnessError(
-                f"{path}:{lineno}: expected `COARSE:fine question`, got {line[:60]!r}; fix or remove the line."
-            )
+            raise HarnessError(f"{path}:{lineno}: expected `COARSE:fine question`, got {line[:60]!r}"
+                               f"{_truncated(path, lineno, lines)}; fix or remove the line.")
         records.append({"label": coarse, "fine": fine, "text": text.strip()})
     return records
 
 
 def _jsonl_rows(path: Path) -> list[tuple[int, Record]]:
     rows = []
-    for lineno, line in _lines(path):
+    lines = _lines(path)
+    for lineno, line in lines:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise HarnessError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line.") from None
+            raise HarnessError(f"{path}:{lineno}: not valid JSON ({err.msg}){_truncated(path, lineno, lines)}; "
+                               "fix or remove the line.") from None
         if not isinstance(row, dict):
             raise HarnessError(f"{path}:{lineno}: expected a JSON object per line; fix or remove the line.")
         rows.append((lineno, row))
@@ -109,12 +139,44 @@ def parse_winogrande_jsonl(path: Path) -> list[Record]:
     return records
 
 
+def parse_csv(path: Path, columns: tuple[str, ...] | list[str] | None = None, delimiter: str = ",") -> list[Record]:
+    """Comma-separated values (RFC 4180 quoting). With `columns`, every row is data and the names are given in
+    order (AG News's raw `train.csv`); without, the first row is the header that names the columns."""
+    text = read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    records: list[Record] = []
+    names = list(columns) if columns else None
+    start = 0
+    try:
+        for row in reader:
+            lineno, start = reader.line_num, reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if names is None:
+                names = [cell.strip() for cell in row]
+                if not all(names) or len(set(names)) != len(names):
+                    raise HarnessError(f"{path}:{lineno}: the header row needs distinct, non-empty column names "
+                                       "(or give `source.columns` for a file without a header).")
+                continue
+            if len(row) != len(names):
+                hint = " (the file looks truncated)" if lineno == text.count("\n") + 1 and not text.endswith("\n") else ""
+                raise HarnessError(f"{path}:{lineno}: expected {len(names)} columns ({', '.join(names)}), got "
+                                   f"{len(row)}{hint}; fix or remove the line.")
+            records.append(dict(zip(names, row, strict=True)))
+    except csv.Error as err:
+        # The row that failed starts on the line after the last one read: name that line, where the quote opened.
+        raise HarnessError(f"{path}:{start + 1}: not valid CSV ({err}); check the quotes of the row starting on this "
+                           "line.") from None
+    return records
+
+
 PARSERS: dict[str, Callable[[Path], list[Record]]] = {
     "label_text_lines": parse_label_text_lines,
     "trec_lines": parse_trec_lines,
     "jsonl": parse_jsonl,
     "mmlu_jsonl": parse_mmlu_jsonl,
     "winogrande_jsonl": parse_winogrande_jsonl,
+    "csv": parse_csv,
 }
 
 

@@ -170,13 +170,26 @@ class Renderer:
         return cached
 
     def tokenize_examples(self, examples: Sequence[Example]) -> list[TokenizedExample]:
-        """Input and answer token ids for many examples (batched: the fast tokenizer does the work)."""
+        """Input, answer and separator token ids for many examples (batched: the fast tokenizer does the work)."""
         if not examples:
             return []
         enc = self.tokenizer([e.input for e in examples], add_special_tokens=False).input_ids
         ans = self.tokenizer([self.answer_text(e.answer) + self.frame.close for e in examples],
                              add_special_tokens=False).input_ids
-        return [TokenizedExample(e.uid, list(i), list(a)) for e, i, a in zip(examples, enc, ans, strict=True)]
+        # The separator is tokenized together with the input after it, as it is inside an evaluation prompt:
+        # alone, SmolLM2 makes the plain format's blank line one token; before text it becomes two.
+        sep = self.frame.sep
+        joint = self.tokenizer([sep + e.input for e in examples], add_special_tokens=False).input_ids if sep else None
+        out = []
+        for n, (e, i, a) in enumerate(zip(examples, enc, ans, strict=True)):
+            sep_ids = self.ids(sep)
+            if joint is not None:
+                j = joint[n]
+                # Only when the input's own tokens survive intact after the separator is the split exact.
+                if len(j) > len(i) and list(j[len(j) - len(i):]) == list(i):
+                    sep_ids = list(j[: len(j) - len(i)])
+            out.append(TokenizedExample(e.uid, list(i), list(a), sep_ids))
+        return out
 
 
 @dataclass(frozen=True)
@@ -184,6 +197,7 @@ class TokenizedExample:
     uid: str
     input_ids: list[int]
     answer_ids: list[int]  # the answer and its end-of-turn/EOS token: the target when trained
+    sep_ids: list[int]  # the separator before this example when another precedes it, tokenized in context
 
 
 @dataclass
@@ -221,14 +235,14 @@ def assemble(task: str, examples: Sequence[TokenizedExample], renderer: Renderer
         train_answer = method in _TRAIN_EVERY_ANSWER or i == last
         train_input = method in _TRAIN_INPUTS
         pieces = [(ex.input_ids, train_input), (ids(f.mid), False), (ex.answer_ids, train_answer)]
+        if i > 0:
+            pieces.insert(0, (ex.sep_ids, False))
         for piece, trained in pieces:
             if piece is ex.answer_ids and trained:
                 spans.append((position, position + len(piece)))
             segments.append((piece, trained))
             position += len(piece)
-        glue = ids(f.sep) if i < last else ids(f.tail)
-        segments.append((glue, False))
-        position += len(glue)
+    segments.append((ids(f.tail), False))
     input_ids, labels = build_labels(segments)
     return TrainingSequence(task=task, input_ids=input_ids, labels=labels, num_examples=len(examples),
                             num_targets=len(spans), target_spans=spans, example_uids=[e.uid for e in examples])
@@ -239,9 +253,16 @@ def example_cost(ex: TokenizedExample, renderer: Renderer) -> int:
     return len(ex.input_ids) + len(renderer.ids(renderer.frame.mid)) + len(ex.answer_ids)
 
 
-def frame_cost(renderer: Renderer, num_examples: int) -> int:
+def frame_cost(renderer: Renderer) -> int:
+    """Tokens a sequence spends around its examples: the header and the tail."""
     f = renderer.frame
-    return len(renderer.ids(f.header)) + len(renderer.ids(f.tail)) + max(0, num_examples - 1) * len(renderer.ids(f.sep))
+    return len(renderer.ids(f.header)) + len(renderer.ids(f.tail))
+
+
+def sequence_cost(examples: Sequence[TokenizedExample], renderer: Renderer) -> int:
+    """Tokens of the sequence `assemble` builds from these examples."""
+    return (frame_cost(renderer) + sum(example_cost(e, renderer) for e in examples)
+            + sum(len(e.sep_ids) for e in examples[1:]))
 
 
 @dataclass
@@ -270,16 +291,20 @@ def pack_task(data: TaskData, renderer: Renderer, method: str, max_seq_len: int,
     random.Random(f"{seed}:{data.task.name}").shuffle(order)
     if max_examples is not None:
         order = order[:max_examples]
+    if not order:
+        # An arm silently trained without one of its tasks would compare unlike with like.
+        cap = f" with --examples-per-task {max_examples}" if max_examples is not None else ""
+        raise HarnessError(f"Task {data.task.name} has no train examples to pack{cap}; it would be left out of "
+                           "training: check its train split, or raise --examples-per-task.")
     if tokenized is None:
         tokenized = renderer.tokenize_examples([data.train[i] for i in order])
     else:
         tokenized = [tokenized[i] for i in order]
-    fits = [ex for ex in tokenized if frame_cost(renderer, 1) + example_cost(ex, renderer) <= max_seq_len]
+    fits = [ex for ex in tokenized if sequence_cost([ex], renderer) <= max_seq_len]
     skipped = len(tokenized) - len(fits)
     if tokenized and not fits:
         raise HarnessError(f"Every example of task {data.task.name} is longer than --max-seq-len {max_seq_len}; "
                            "raise --max-seq-len.")
-    sep = len(renderer.ids(renderer.frame.sep))
     groups: list[list[TokenizedExample]] = []
     if method == "zero-shot":
         groups = [[ex] for ex in fits]
@@ -290,17 +315,17 @@ def pack_task(data: TaskData, renderer: Renderer, method: str, max_seq_len: int,
                                f"per sequence, and it has {len(fits)}; lower --shots.")
         for start in range(0, len(fits) - size + 1, size):
             group = fits[start:start + size]
-            while len(group) > 1 and frame_cost(renderer, len(group)) + sum(example_cost(e, renderer) for e in group) > max_seq_len:
+            while len(group) > 1 and sequence_cost(group, renderer) > max_seq_len:
                 group = group[1:]
             groups.append(group)
     else:
         current: list[TokenizedExample] = []
-        used = frame_cost(renderer, 1)
+        used = frame_cost(renderer)
         for ex in fits:
-            cost = example_cost(ex, renderer) + (sep if current else 0)
+            cost = example_cost(ex, renderer) + (len(ex.sep_ids) if current else 0)
             if current and used + cost > max_seq_len:
                 groups.append(current)
-                current, used = [], frame_cost(renderer, 1)
+                current, used = [], frame_cost(renderer)
                 cost = example_cost(ex, renderer)
             current.append(ex)
             used += cost

@@ -45,3 +45,21 @@ def test_loads_with_the_expected_size_and_answers_sensibly(smollm2):
         out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer, answer
+
+
+@pytest.mark.parametrize("task", ["sst2", "rte", "gsm8k"])
+def test_plain_training_sequences_tokenize_like_evaluation_prompts(smollm2, tiny_data, task):
+    """SmolLM2 makes a blank line one token alone and two before text: training must use the prompt's two."""
+    from transformers import AutoTokenizer
+
+    from tasks.registry import load_examples, load_task
+    from train.sequences import assemble
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    assert len(tokenizer("\n\n", add_special_tokens=False).input_ids) == 1
+    renderer = Renderer(tokenizer, "plain")
+    examples = list(load_examples(load_task(task), tiny_data).train[:8])
+    seq = assemble(task, renderer.tokenize_examples(examples), renderer, "manyicl")
+    *demos, last = examples
+    text = renderer.prompt(demos, last.input) + renderer.answer_text(last.answer) + renderer.frame.close
+    assert seq.input_ids == tokenizer(text, add_special_tokens=False).input_ids

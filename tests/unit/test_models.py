@@ -15,6 +15,8 @@ from harness.models import DEFAULT_HUB_ID, DEFAULT_MODEL, resolve_model
 def _model_folder(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "config.json").write_text('{"model_type": "llama"}')
+    (path / "model.safetensors").write_bytes(b"")  # resolution checks the files exist; nothing loads them here
+    (path / "tokenizer.json").write_text("{}")
     return path
 
 
@@ -24,6 +26,7 @@ def _adapter_folder(path: Path, base: str | None) -> Path:
     if base is not None:
         cfg["base_model_name_or_path"] = base
     (path / "adapter_config.json").write_text(json.dumps(cfg))
+    (path / "adapter_model.safetensors").write_bytes(b"")
     return path
 
 
@@ -140,3 +143,35 @@ def test_default_model_converts_from_the_wheel_once(tmp_path, monkeypatch):
     second = resolve_model(None)
     assert calls == [(source, tmp_path / "models" / "SmolLM2-135M-Instruct")]
     assert first == second and Path(first.path) == tmp_path / "models" / "SmolLM2-135M-Instruct"
+
+
+@pytest.mark.parametrize("remove, write, message", [
+    ("model.safetensors", None, "has config.json but no weights"),
+    ("tokenizer.json", None, "has no tokenizer"),
+    (None, ("config.json", '{"model_type": "lla'), "config.json cannot be read as JSON"),
+    (None, ("config.json", "[1]"), "is not a JSON object"),
+])
+def test_incomplete_model_folder_is_one_sentence(tmp_path, remove, write, message):
+    folder = _model_folder(tmp_path / "copy")
+    if remove:
+        (folder / remove).unlink()
+    if write:
+        (folder / write[0]).write_text(write[1])
+    with pytest.raises(HarnessError, match=message):
+        resolve_model(str(folder))
+
+
+def test_sharded_weights_count_as_weights(tmp_path):
+    folder = _model_folder(tmp_path / "sharded")
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    assert resolve_model(str(folder)).path == str(folder.resolve())
+
+
+def test_adapter_without_weights_and_model_file_are_errors(tmp_path):
+    adapter = _adapter_folder(tmp_path / "adapter", "org/base")
+    (adapter / "adapter_model.safetensors").unlink()
+    with pytest.raises(HarnessError, match="no adapter weights"):
+        resolve_model(str(adapter))
+    weights = _model_folder(tmp_path / "m") / "model.safetensors"
+    with pytest.raises(HarnessError, match=r"is a file; pass the folder that holds it"):
+        resolve_model(str(weights))

@@ -22,6 +22,7 @@ from train.sequences import (
     pack_rows,
     pack_task,
     select_rows,
+    sequence_cost,
     trained_spans,
 )
 
@@ -292,11 +293,10 @@ def test_pack_task_keeps_examples_whole_and_within_max_len(tokenizer, mixed_data
         assert all(s.num_examples == 1 for s in packing.sequences)
     else:
         assert max(s.num_examples for s in packing.sequences) > 1
-        sep = len(renderer.ids(renderer.frame.sep))
         mid = len(renderer.ids(renderer.frame.mid))
         for seq, nxt in zip(packing.sequences, packing.sequences[1:], strict=False):  # greedy: the next example did not fit
             first = by_uid[nxt.example_uids[0]]
-            assert seq.num_tokens + sep + len(first.input_ids) + mid + len(first.answer_ids) > max_len
+            assert seq.num_tokens + len(first.sep_ids) + len(first.input_ids) + mid + len(first.answer_ids) > max_len
 
 
 @pytest.mark.parametrize("shots", [1, 3, 5])
@@ -514,3 +514,50 @@ def test_build_training_data_respects_the_budget(tokenizer, tiny_data, chat):
     assert many.epochs > 1, "more steps than one pass over the data start a second epoch"
     first_pass = many.stats()["per_task"]["sst2"]["sequences_per_epoch"]
     assert first_pass == len(datasets[0].train)
+
+
+# --------------------------------------------------------------------------- training agrees with evaluation
+
+
+@pytest.fixture(scope="module")
+def blank_line_tokenizer():
+    """A byte-level BPE that, like SmolLM2's, makes a blank line one token alone but two before text (the
+    pre-tokenizer splits `\\n\\nReview` into `\\n`, `\\n`, `Review`)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [f"Review: {' '.join(ex.input.split()[1:-1])} .\n\n" for ex in _examples(200, seed=4)] + ["\n\n"] * 50
+    tok.train_from_iterator(corpus, trainer=trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_end|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", unk_token="<|endoftext|>")
+
+
+@pytest.mark.parametrize("which, fmt", [("blank_line", "plain"), ("tiny", "plain"), ("tiny", "chat")])
+def test_training_sequence_tokenizes_exactly_like_the_evaluation_prompt(which, fmt, blank_line_tokenizer, tokenizer):
+    tok = blank_line_tokenizer if which == "blank_line" else tokenizer
+    if which == "blank_line":  # the tokenizer reproduces the trap the test is about
+        assert len(tok("\n\n", add_special_tokens=False).input_ids) == 1
+        assert len(tok(f"{END}\n\nReview", add_special_tokens=False).input_ids) == 4
+    renderer = Renderer(tok, fmt)
+    examples = _examples(6, seed=11)
+    tokenized = renderer.tokenize_examples(examples)
+    seq = assemble("sst2", tokenized, renderer, "manyicl")
+    *demos, last = examples
+    # The evaluation prompt with the same demonstrations, answered the way training answers the last example.
+    text = renderer.prompt(demos, last.input) + renderer.answer_text(last.answer) + renderer.frame.close
+    expected = tok(text + renderer.frame.tail, add_special_tokens=False).input_ids
+    assert seq.input_ids == expected, [tok.convert_ids_to_tokens(x) for x in (seq.input_ids, expected)]
+    prompt_ids = tok(renderer.prompt(demos, last.input), add_special_tokens=False).input_ids
+    assert seq.input_ids[:len(prompt_ids)] == prompt_ids
+    assert sequence_cost(tokenized, renderer) == seq.num_tokens
+
+
+def test_a_task_without_train_examples_is_refused_not_dropped(chat):
+    with pytest.raises(HarnessError, match="Task sst2 has no train examples to pack"):
+        pack_task(_task_data([]), chat, "manyicl", 256, seed=1)
+    with pytest.raises(HarnessError, match="with --examples-per-task 0"):
+        pack_task(_task_data(_examples(4)), chat, "manyicl", 256, seed=1, max_examples=0)
