@@ -106,7 +106,7 @@ class EvalConfig:
     backend: str = setting("auto", "vllm | hf | auto (vLLM where it imports)")
     server_url: str | None = setting(None, "use a running OpenAI-compatible server (…/v1) instead of starting one")
     served_model: str | None = setting(None, "model name on --server-url (default: the model path)")
-    seeds: int = setting(1, "repeat with this many demonstration draws (seed, seed+1, …)")
+    seeds: int = setting(1, "demonstration draws (seed, seed+1, …) for k > 0 shots; 0 shots needs one")
     seed: int = setting(DEFAULT_SEED, "first demonstration seed")
     limit: int | None = setting(None, "score at most this many test documents per task")
     max_length: int | None = setting(None, "context to fit prompts into; default the checkpoint's max_seq_len or "
@@ -135,7 +135,8 @@ class StudyConfig:
     heldout: list[str] = setting([], "tasks no arm trains on: unseen-task generalisation")
     probes: list[str] = setting(["arc_easy", "piqa"], "forgetting probes, never trained on")
     arms: list[str] = setting([a for a in ARMS if a != "manyicl-full"], "arms to compare")
-    train: dict[str, Any] = setting({}, "TrainConfig settings shared by every arm (budget, max_seq_len, lr, ...)")
+    train: dict[str, Any] = setting({}, "TrainConfig settings shared by every arm (budget, max_seq_len, lr, ...); "
+                                    "`seeds: [..]` trains every arm once per seed")
     eval: dict[str, Any] = setting({}, "EvalConfig settings shared by every evaluation (shots, limit, seeds, ...)")
     output_dir: str | None = setting(None, "study directory; default results/studies/<name>")
     data_dir: str | None = setting(None, "folder with the task data; default $HARNESS_DATA_DIR, else the hub")
