@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import statistics
 import sys
@@ -22,7 +23,7 @@ from harness.claims import (
 from harness.errors import HarnessError
 from harness.leaderboard import build_leaderboard, render
 from harness.paired import read_outcomes
-from harness.plots import plot_forgetting, plot_scores_vs_shots
+from harness.plots import plot_forgetting, plot_learning_curves, plot_scores_vs_shots, plot_training_loss
 from harness.results import ResultRecord, read_records
 from harness.runs import atomic_write_text, hardware
 from harness.schemas import MANIFEST_FILE, StageResult, TrainManifest
@@ -48,6 +49,37 @@ def budgets_markdown(root: Path) -> str:
         lines.append(f"| {path.parent.name} | {steps} | {seen.get('tokens', '')} | {seen.get('targets', '')} | "
                      f"{seen.get('examples', '')} | {train_time} | {_blank(m.tokens_per_second)} |")
     return "\n".join(lines)
+
+
+def learning_curve_points(root: Path) -> dict[str, list[tuple[int, int, float]]]:
+    """Run name -> (tokens seen, targets seen, mean score over tasks) at each evaluated curve point: the curve
+    evaluations under `curves/` matched to the points their run's manifest lists."""
+    seen: dict[Path, tuple[str, int, int]] = {}
+    for path in sorted((root / "runs").glob(f"*/{MANIFEST_FILE}")):
+        for point in TrainManifest.read(path).curve or []:
+            seen[Path(point["path"]).resolve()] = (path.parent.name, point["tokens"], point["targets"])
+    out: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
+    curves = root / "curves"
+    for summary in sorted(curves.glob("*/summary.jsonl")) if curves.exists() else []:
+        per_model: dict[Path, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for r in read_records([summary]):
+            per_model[Path(r.model_path).resolve()][r.task].append(r.value)
+        for model, tasks in per_model.items():
+            if model in seen:
+                name, tokens, targets = seen[model]
+                out[name].append((tokens, targets, statistics.fmean(statistics.fmean(v) for v in tasks.values())))
+    return dict(out)
+
+
+def training_losses(root: Path) -> dict[str, list[tuple[int, float]]]:
+    """Run name (`dedicated:<task>` for a dedicated run's models) -> (step, loss) from its train_log.jsonl."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for log in sorted((root / "runs").glob("*/train_log.jsonl")) + sorted((root / "runs").glob("*/*/train_log.jsonl")):
+        run = log.parent
+        name = run.name if run.parent.name == "runs" else f"{run.parent.name}:{run.name}"
+        rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+        out[name] = [(int(row["step"]), float(row["loss"])) for row in rows if "loss" in row and "step" in row]
+    return out
 
 
 def write_outputs(cfg: StudyConfig, stages: list[StageResult]) -> dict[str, Path]:
@@ -81,13 +113,41 @@ def write_outputs(cfg: StudyConfig, stages: list[StageResult]) -> dict[str, Path
         outputs["forgetting_plot"] = plot_forgetting(records, plots / "forgetting.png")
     except HarnessError:
         pass
+    try:
+        outputs["learning_curves"] = plot_learning_curves(learning_curve_points(root), plots / "learning_curves.png")
+    except HarnessError:
+        pass
+    try:
+        outputs["training_loss"] = plot_training_loss(training_losses(root), plots / "training_loss.png")
+    except HarnessError:
+        pass
     shots_list = sorted({r.shots for r in records if r.role != "probe"}, key=lambda s: math.inf if s == "many" else int(s))
     table = read_outcomes([evals])
     claims = claim_rows(table, shots_list)
-    report = _report_text(cfg, records, board, claims, spreads(table), failed, render)
+    report = _report_text(cfg, records, board, claims, spreads(table), failed, render, outputs)
     atomic_write_text(root / "REPORT.md", report)
     outputs["report"] = root / "REPORT.md"
     return outputs
+
+
+_PLOTS = (("scores_plot", "Score against shots", ""),
+          ("forgetting_plot", "Forgetting on the probes", ""),
+          ("learning_curves", "Learning curves",
+           "Each arm's checkpoints at the curve points, scored on the training tasks, against the tokens and the "
+           "targets (supervised answers) they had seen: ManyICL supervises many answers per token."),
+          ("training_loss", "Training loss", "From each run's train_log.jsonl (dedicated: one line per task model)."))
+
+
+def _plots_markdown(cfg: StudyConfig, outputs: dict[str, Path]) -> str:
+    parts = ["## Plots"]
+    for key, title, note in _PLOTS:
+        if key in outputs:
+            rel = outputs[key].relative_to(cfg.directory)
+            parts += ["", f"### {title}", "", *([note, ""] if note else []), f"![{title}]({rel})"]
+    if "learning_curves" not in outputs:
+        parts += ["", "No learning curve: set `train.curve_points` (e.g. [0.25, 0.5, 1.0]) to evaluate intermediate "
+                  "checkpoints."]
+    return "\n".join(parts)
 
 
 def _failures(failed: list[StageResult]) -> str:
@@ -98,7 +158,8 @@ def _failures(failed: list[StageResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, spread_list, failed, render) -> str:
+def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, spread_list, failed, render,
+                 outputs: dict[str, Path]) -> str:
     hw = hardware()
     models = sorted({r.base_model for r in records})
     docs = sorted({r.num_docs for r in records if r.role == "train"})
@@ -139,7 +200,9 @@ def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, s
         "",
         str(render(board, "markdown")),
         "",
-        "Per task: `leaderboard_by_task.md`. Plots: `plots/scores_vs_shots.png`, `plots/forgetting.png`.",
+        "Per task: `leaderboard_by_task.md`.",
+        "",
+        _plots_markdown(cfg, outputs),
         "",
         "## Did the claims hold?",
         "",

@@ -71,6 +71,9 @@ def _validate(cfg: StudyConfig) -> None:
             continue
         if key not in train_fields or key in {"method", "model", "tasks", "output_dir", "data_dir", "resume"}:
             raise HarnessError(f"Study `train.{key}` is not a shared training setting.")
+    for key in cfg.curve_eval:
+        if key not in eval_fields or key in {"model", "tasks", "output_dir", "data_dir", "method"}:
+            raise HarnessError(f"Study `curve_eval.{key}` is not a shared evaluation setting.")
     for key in cfg.eval:
         if key not in eval_fields or key in {"model", "tasks", "heldout", "probes", "probe_tasks", "output_dir",
                                              "data_dir", "method", "base_results"}:

@@ -18,7 +18,7 @@ from harness.errors import HarnessError
 from harness.processes import die_with_parent, stop_process_group
 from harness.runs import write_yaml
 from harness.schemas import STAGE_DONE_FILE, StageDone, is_complete
-from harness.settings import DEFAULT_MAX_LENGTH, StudyConfig
+from harness.settings import CURVE_DIR, DEFAULT_MAX_LENGTH, StudyConfig
 
 
 @dataclass
@@ -65,7 +65,22 @@ def plan_stages(cfg: StudyConfig) -> list[Stage]:
             stages.append(Stage(f"train:{label}", "train", arm, [], train))
             stages.append(Stage(f"eval:{label}", "eval", arm, [f"train:{label}"], eval_common | {
                 "model": str(run_dir), "output_dir": str(root / "evals" / name)}))
+            if arm != "dedicated":  # one model per task has no single curve; its tasks' models would each need one
+                stages += _curve_stages(cfg, arm, label, name, run_dir, eval_common)
     stages.append(Stage("report", "report", "", []))
+    return stages
+
+
+def _curve_stages(cfg: StudyConfig, arm: str, label: str, name: str, run_dir: Path,
+                  eval_common: dict[str, Any]) -> list[Stage]:
+    """One evaluation per learning-curve point (`train.curve_points`) on the training tasks, into `curves/` (kept
+    out of `evals/`, so the leaderboard and the claims see only the finished models)."""
+    common = eval_common | {"heldout": [], "probes": False, "shots": ["many"], "seeds": 1} | dict(cfg.curve_eval)
+    stages = []
+    for fraction in sorted(float(p) for p in cfg.train.get("curve_points") or []):
+        model = run_dir if fraction >= 1 else run_dir / CURVE_DIR / f"{fraction:g}"
+        stages.append(Stage(f"curve:{label}@{fraction:g}", "eval", arm, [f"train:{label}"], common | {
+            "model": str(model), "method": arm, "output_dir": str(cfg.directory / "curves" / f"{name}@{fraction:g}")}))
     return stages
 
 
