@@ -27,14 +27,18 @@ from harness.study_stages import Stage, mark_done, plan_stages, run_stage_proces
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 
+def study_presets() -> list[str]:
+    """The study presets by name; other files there (a recipe sweep's grid, under `sweep:`) are not studies."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml") if "sweep" not in (yaml.safe_load(p.read_text()) or {}))
+
+
 def load_study(config: str | Path | None, preset: str | None, overrides: dict[str, Any]) -> StudyConfig:
     """A preset, then a study YAML on top, then flags."""
     data: dict[str, Any] = {}
     if preset:
         path = PRESETS_DIR / f"{preset}.yaml"
-        if not path.exists():
-            known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
-            raise HarnessError(f"Unknown preset `{preset}`; choose one of {known}.")
+        if preset not in study_presets():
+            raise HarnessError(f"Unknown preset `{preset}`; choose one of {', '.join(study_presets())}.")
         data.update(yaml.safe_load(path.read_text()))
     if config:
         path = Path(config)

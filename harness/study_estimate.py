@@ -143,12 +143,13 @@ def memory(cfg: StudyConfig, t: dict[str, Any]) -> tuple[float | None, str]:
                    f"{activations / GIB:.1f} + logits {logits / GIB:.1f} + 2 GiB context")
 
 
-def estimate_study(cfg: StudyConfig) -> StudyEstimate:
-    """The plan with every stage's work and estimated time, from the study's throughput constants."""
+def estimate_study(cfg: StudyConfig, documents: dict[str, int] | None = None) -> StudyEstimate:
+    """The plan with every stage's work and estimated time, from the study's throughput constants. `documents`
+    (task -> test documents) is read from the data when not given."""
     t = _throughput(cfg)
     rates = {str(k): float(v) for k, v in t["eval_documents_per_s"].items()}
     start = {"train": 0.0, "eval": 0.0} | {k: float(v) for k, v in (t.get("stage_start_s") or {}).items()}
-    docs = documents_per_task(cfg, [*cfg.tasks, *cfg.heldout, *cfg.probes])
+    docs = documents if documents is not None else documents_per_task(cfg, [*cfg.tasks, *cfg.heldout, *cfg.probes])
     tokens = _train_tokens(cfg)
     stages: list[StageEstimate] = []
     for stage in plan_stages(cfg):
