@@ -193,7 +193,7 @@ def dry_run_text(cfg: StudyConfig, est: StudyEstimate) -> str:
         lines.append(f"{s.name:<34} {s.work:<28} {_fmt(s.seconds):>10}")
     by_kind = {k: sum(s.seconds for s in est.stages if s.kind == k) for k in ("train", "eval")}
     lines += ["", f"Estimated total: {_fmt(est.seconds)} (training {_fmt(by_kind['train'])}, evaluation "
-              f"{_fmt(by_kind['eval'])})" + (f"; preset says {cfg.expected_minutes:.0f} min on {cfg.hardware}"
+              f"{_fmt(by_kind['eval'])})" + (f"; preset says {cfg.expected_minutes:g} min on {cfg.hardware}"
                                              if cfg.expected_minutes else ""),
               (f"Peak memory of a training run: {est.memory_gib:.1f} GiB ({est.memory_note})"
                if est.memory_gib is not None else f"Peak memory: {est.memory_note}"),

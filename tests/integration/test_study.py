@@ -82,6 +82,7 @@ def test_smoke_study_writes_every_output(smoke, study_env):
             records = _records(summary)
             assert records and {r["method"] for r in records} == {arm}, summary
             assert {r["seed"] for r in records} == {1234, 1235}
+            assert {r["seed"] for r in records if r["shots"] == "0"} == {1234}  # nothing to draw at 0 shots
             assert {r["max_length"] for r in records} == {512}  # every model in its training context
             assert {r["task"] for r in records if r["role"] == "probe"} == {"arc_easy"}
         if arm not in ("base", "dedicated"):

@@ -94,3 +94,12 @@ def test_curve_points_add_one_evaluation_each_outside_evals(tmp_path):
     assert half.config["shots"] == ["many"] and half.config["seeds"] == 1 and half.config["limit"] == 5
     assert half.config["probes"] is False and half.config["heldout"] == []
     assert not any(name.startswith("curve:dedicated") for name in stages)
+
+
+def test_zero_shots_need_one_demonstration_seed():
+    from harness.evaluate import demonstration_seeds
+    from harness.settings import EvalConfig
+
+    cfg = EvalConfig(seeds=3, seed=10)
+    assert demonstration_seeds(cfg, "0") == [10]
+    assert demonstration_seeds(cfg, "4") == demonstration_seeds(cfg, "many") == [10, 11, 12]
