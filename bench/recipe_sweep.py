@@ -54,8 +54,9 @@ def main() -> None:
     for point, evals, manifest in rows:
         trail = ", ".join(f"{step}: {loss:.3f}" for step, loss in evals)
         best = min(loss for _, loss in evals) if evals else float("nan")
-        print("| " + " | ".join(str(v) for v in point.values()) + f" | {trail} | {manifest.get('final_eval_loss'):.3f} "
-              f"| {best:.3f} | {manifest.get('tokens_per_second')} |")
+        final = manifest.get("final_eval_loss")
+        print("| " + " | ".join(str(v) for v in point.values()) + f" | {trail} | "
+              f"{'—' if final is None else f'{final:.3f}'} | {best:.3f} | {manifest.get('tokens_per_second')} |")
 
 
 if __name__ == "__main__":
