@@ -206,7 +206,7 @@ def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, s
         "",
         "## Did the claims hold?",
         "",
-        f"**Primary claim, named before the study ran: {PRIMARY.text.lower()} at `{PRIMARY_SHOTS}` shots on the "
+        f"**Primary claim, named before the study ran: {PRIMARY.text} at `{PRIMARY_SHOTS}` shots on the "
         f"training tasks** ({PRIMARY.a} − {PRIMARY.b}). It is the only claim tested at the plain {100 * ALPHA:.0f}% "
         "level. Every other row is **secondary**: their p-values are corrected together with Holm's method "
         f"(family-wise error {100 * ALPHA:.0f}%), and a secondary claim whose interval excludes 0 but whose "

@@ -80,7 +80,9 @@ def _curve_stages(cfg: StudyConfig, arm: str, label: str, name: str, run_dir: Pa
     for fraction in sorted(float(p) for p in cfg.train.get("curve_points") or []):
         model = run_dir if fraction >= 1 else run_dir / CURVE_DIR / f"{fraction:g}"
         stages.append(Stage(f"curve:{label}@{fraction:g}", "eval", arm, [f"train:{label}"], common | {
-            "model": str(model), "method": arm, "output_dir": str(cfg.directory / "curves" / f"{name}@{fraction:g}")}))
+            # its own arm label (`manyicl@0.5`), so no reader that pools a study's records mixes it with the arm
+            "model": str(model), "method": f"{arm}@{fraction:g}",
+            "output_dir": str(cfg.directory / "curves" / f"{name}@{fraction:g}")}))
     return stages
 
 

@@ -125,7 +125,7 @@ def test_smoke_study_writes_every_output(smoke, study_env):
     manifest = json.loads((root / "runs" / "manyicl" / "manifest.json").read_text())
     assert [p["fraction"] for p in manifest["curve"]] == [0.5, 1.0]
     assert (root / "runs" / "manyicl" / "curve" / "0.5" / "config.json").is_file()
-    assert _records(root / "curves" / "manyicl@0.5" / "summary.jsonl")
+    assert {r["method"] for r in _records(root / "curves" / "manyicl@0.5" / "summary.jsonl")} == {"manyicl@0.5"}
     assert "## Scale caveat" in report and "135M-parameter model" in report
     assert "## Budgets actually spent" in report and "| dedicated | per task: sst2=3, rte=3 |" in report
     assert "Stages that did not finish" not in report
@@ -174,7 +174,10 @@ def test_a_study_directory_pairs_its_arms_document_by_document(smoke):
 
     root, *_ = smoke
     table = read_outcomes([root])
-    assert set(table.methods) == {"base", "zero-shot", "few-shot", "many-shot-last", "manyicl", "dedicated"}
+    arms = {"base", "zero-shot", "few-shot", "many-shot-last", "manyicl", "dedicated"}
+    # learning-curve points are arms of their own (`manyicl@0.5`), never pooled into the finished model's outcomes
+    curve_points = {f"{arm}@{p}" for arm in arms - {"base", "dedicated"} for p in ("0.5", "1")}
+    assert set(table.methods) == arms | curve_points
     pairing = pair(table, "manyicl", "zero-shot", shots="many", role="train")
     assert len(pairing.clusters) == 12 and {len(c.diffs) for c in pairing.clusters} == {2}  # 2 tasks x 6, 2 seeds
     assert (pairing.only_a, pairing.only_b) == (0, 0)

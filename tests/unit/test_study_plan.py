@@ -92,7 +92,7 @@ def test_curve_points_add_one_evaluation_each_outside_evals(tmp_path):
     assert half.config["model"].endswith("runs/manyicl/curve/0.5") and full.config["model"].endswith("runs/manyicl")
     assert half.config["output_dir"].endswith("curves/manyicl@0.5")
     assert half.config["shots"] == ["many"] and half.config["seeds"] == 1 and half.config["limit"] == 5
-    assert half.config["probes"] is False and half.config["heldout"] == []
+    assert half.config["probes"] is False and half.config["heldout"] == [] and half.config["method"] == "manyicl@0.5"
     assert not any(name.startswith("curve:dedicated") for name in stages)
 
 
