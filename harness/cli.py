@@ -17,6 +17,7 @@ from rich.text import Text
 from harness.cli_options import (
     BackendOpt,
     ConfigOpt,
+    CurvePointsOpt,
     DataDirOpt,
     DtypeOpt,
     EvalBatchOpt,
@@ -186,6 +187,7 @@ def train(
     report_to: ReportToOpt = None,
     eval_steps: EvalStepsOpt = None,
     eval_examples_per_task: EvalExamplesOpt = None,
+    curve_points: CurvePointsOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Fine-tune with one arm's sequences through TRL's SFTTrainer and save a run directory."""
@@ -198,7 +200,7 @@ def train(
         "lora_r": lora_r, "lora_merge": lora_merge, "learning_rate": learning_rate, "batch_size": batch_size,
         "grad_accum": grad_accum, "examples_per_task": examples_per_task, "format": fmt, "seed": seed,
         "data_dir": data_dir, "resume": resume or None, "report_to": report_to, "eval_steps": eval_steps,
-        "eval_examples_per_task": eval_examples_per_task})
+        "eval_examples_per_task": eval_examples_per_task, "curve_points": curve_points})
     if not cfg.budget_given:
         cfg.max_steps = 20
         err_console.print("[dim]No budget given: training for --max-steps 20.[/dim]")
@@ -317,6 +319,8 @@ def study(
     output_dir: StudyOutputOpt = None,
     model: StudyModelOpt = None,
     data_dir: DataDirOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned stages, documents, seeds and "
+                                          "estimated time per stage; run and write nothing.")] = False,
 ) -> None:
     """Train every arm, evaluate every model with the probes, write the leaderboard, plots and REPORT.md.
 
@@ -325,6 +329,11 @@ def study(
     from harness.study_display import RichDisplay
 
     cfg = load_study(config, preset, {"output_dir": output_dir, "model": model, "data_dir": data_dir})
+    if dry_run:
+        from harness.study_estimate import dry_run_text, estimate_study
+
+        console.print(dry_run_text(cfg, estimate_study(cfg)), markup=False, highlight=False)
+        return
     if cfg.expected_minutes:
         err_console.print(f"[dim]Study `{cfg.name}` → {cfg.directory} (expected about {cfg.expected_minutes:.0f} "
                           f"min on {cfg.hardware or 'its reference hardware'}).[/dim]")

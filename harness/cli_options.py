@@ -54,6 +54,7 @@ ExamplesPerTaskOpt = Annotated[int | None, _from(TrainConfig, "examples_per_task
 ResumeOpt = Annotated[bool, _from(TrainConfig, "resume", "--resume")]
 ReportToOpt = Annotated[str | None, _from(TrainConfig, "report_to", "--report-to", panel="Logging")]
 EvalStepsOpt = Annotated[int | None, _from(TrainConfig, "eval_steps", "--eval-steps", panel="Logging")]
+CurvePointsOpt = Annotated[str | None, _from(TrainConfig, "curve_points", "--curve-points", panel="Logging")]
 EvalExamplesOpt = Annotated[int | None, _from(TrainConfig, "eval_examples_per_task", "--eval-examples-per-task",
                                           panel="Logging")]
 

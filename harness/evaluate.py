@@ -131,9 +131,15 @@ def _not_done(cfg: EvalConfig, mut: ModelUnderTest, plan: list[PlanEntry],
               existing: list[ResultRecord]) -> list[tuple[TaskDef, str, str, int]]:
     """(task, role, shots, seed) for every planned score without a record yet."""
     done = {r.key for r in existing}
-    seeds = [cfg.seed + i for i in range(cfg.seeds)]
     model_key = mut.model.adapter or mut.model.path
-    return [(t, role, s, seed) for t, role, s in plan for seed in seeds if (model_key, t.name, s, seed) not in done]
+    return [(t, role, s, seed) for t, role, s in plan for seed in demonstration_seeds(cfg, s)
+            if (model_key, t.name, s, seed) not in done]
+
+
+def demonstration_seeds(cfg: EvalConfig, shots: str) -> list[int]:
+    """The demonstration draws scored at one shot setting: `--seeds` of them for k > 0, one at 0 shots, where
+    there are no demonstrations to draw and every seed would score the same prompts again."""
+    return [cfg.seed] if shots == "0" else [cfg.seed + i for i in range(cfg.seeds)]
 
 
 # --------------------------------------------------------------------------- score

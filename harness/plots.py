@@ -200,3 +200,50 @@ def plot_forgetting(records: list[ResultRecord], out_path: Path) -> Path:
     ax.margins(y=0.15)
     fig.legend(loc="outside lower center", ncols=min(len(bars), 6), frameon=False, fontsize=9)
     return _save(fig, out_path)
+
+
+def plot_learning_curves(points: dict[str, list[tuple[int, int, float]]], out_path: Path, shots: str = "many") -> Path:
+    """Score ×100 against tokens seen (left) and targets seen (right), one line per arm: the efficiency argument.
+    `points`: arm -> [(tokens, targets, score in [0, 1])] at its curve points."""
+    from matplotlib.figure import Figure
+
+    series = {arm: sorted(p) for arm, p in points.items() if p}
+    if not series:
+        raise HarnessError("No learning-curve points to plot; set train.curve_points in the study.")
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2, sharey=True)
+    arms = sorted(series, key=method_sort_key)
+    for color, arm in zip(_colors(len(arms)), arms, strict=True):
+        tokens, targets, scores = zip(*series[arm], strict=True)
+        for ax, xs in zip(axes, (tokens, targets), strict=True):
+            ax.plot(xs, [100 * s for s in scores], marker="o", color=color, label=arm)
+    for ax, what in zip(axes, ("tokens seen", "targets (supervised answers) seen"), strict=True):
+        ax.set_xlabel(what)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"mean score over training tasks @{shots} (×100)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Learning curves: the same checkpoints against tokens and against targets")
+    fig.tight_layout()
+    return _save(fig, out_path)
+
+
+def plot_training_loss(losses: dict[str, list[tuple[int, float]]], out_path: Path) -> Path:
+    """Training loss against optimizer step, one line per arm (per task model for dedicated runs)."""
+    from matplotlib.figure import Figure
+
+    series = {name: sorted(v) for name, v in losses.items() if v}
+    if not series:
+        raise HarnessError("No training loss was logged; train_log.jsonl files are missing or empty.")
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
+    names = sorted(series, key=lambda n: (*method_sort_key(n.split(":")[0]), n))
+    for color, name in zip(_colors(len(names)), names, strict=True):
+        steps, values = zip(*series[name], strict=True)
+        ax.plot(steps, values, color=color, label=name, linewidth=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (mean over trained tokens)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Training loss per arm")
+    fig.tight_layout()
+    return _save(fig, out_path)

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-from harness.claims import APPROACH_MARGIN, claim_rows, claims_markdown
+from harness.claims import (
+    ALPHA,
+    APPROACH_MARGIN,
+    PRIMARY,
+    PRIMARY_SHOTS,
+    claim_rows,
+    claims_markdown,
+    spreads,
+    spreads_markdown,
+)
 from harness.errors import HarnessError
 from harness.leaderboard import build_leaderboard, render
-from harness.plots import plot_forgetting, plot_scores_vs_shots
+from harness.paired import read_outcomes
+from harness.plots import plot_forgetting, plot_learning_curves, plot_scores_vs_shots, plot_training_loss
 from harness.results import ResultRecord, read_records
 from harness.runs import atomic_write_text, hardware
 from harness.schemas import MANIFEST_FILE, StageResult, TrainManifest
@@ -39,6 +49,37 @@ def budgets_markdown(root: Path) -> str:
         lines.append(f"| {path.parent.name} | {steps} | {seen.get('tokens', '')} | {seen.get('targets', '')} | "
                      f"{seen.get('examples', '')} | {train_time} | {_blank(m.tokens_per_second)} |")
     return "\n".join(lines)
+
+
+def learning_curve_points(root: Path) -> dict[str, list[tuple[int, int, float]]]:
+    """Run name -> (tokens seen, targets seen, mean score over tasks) at each evaluated curve point: the curve
+    evaluations under `curves/` matched to the points their run's manifest lists."""
+    seen: dict[Path, tuple[str, int, int]] = {}
+    for path in sorted((root / "runs").glob(f"*/{MANIFEST_FILE}")):
+        for point in TrainManifest.read(path).curve or []:
+            seen[Path(point["path"]).resolve()] = (path.parent.name, point["tokens"], point["targets"])
+    out: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
+    curves = root / "curves"
+    for summary in sorted(curves.glob("*/summary.jsonl")) if curves.exists() else []:
+        per_model: dict[Path, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for r in read_records([summary]):
+            per_model[Path(r.model_path).resolve()][r.task].append(r.value)
+        for model, tasks in per_model.items():
+            if model in seen:
+                name, tokens, targets = seen[model]
+                out[name].append((tokens, targets, statistics.fmean(statistics.fmean(v) for v in tasks.values())))
+    return dict(out)
+
+
+def training_losses(root: Path) -> dict[str, list[tuple[int, float]]]:
+    """Run name (`dedicated:<task>` for a dedicated run's models) -> (step, loss) from its train_log.jsonl."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for log in sorted((root / "runs").glob("*/train_log.jsonl")) + sorted((root / "runs").glob("*/*/train_log.jsonl")):
+        run = log.parent
+        name = run.name if run.parent.name == "runs" else f"{run.parent.name}:{run.name}"
+        rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+        out[name] = [(int(row["step"]), float(row["loss"])) for row in rows if "loss" in row and "step" in row]
+    return out
 
 
 def write_outputs(cfg: StudyConfig, stages: list[StageResult]) -> dict[str, Path]:
@@ -72,18 +113,41 @@ def write_outputs(cfg: StudyConfig, stages: list[StageResult]) -> dict[str, Path
         outputs["forgetting_plot"] = plot_forgetting(records, plots / "forgetting.png")
     except HarnessError:
         pass
+    try:
+        outputs["learning_curves"] = plot_learning_curves(learning_curve_points(root), plots / "learning_curves.png")
+    except HarnessError:
+        pass
+    try:
+        outputs["training_loss"] = plot_training_loss(training_losses(root), plots / "training_loss.png")
+    except HarnessError:
+        pass
     shots_list = sorted({r.shots for r in records if r.role != "probe"}, key=lambda s: math.inf if s == "many" else int(s))
-    claims = claim_rows(records, shots_list)
-    report = _report_text(cfg, records, board, claims, failed, render)
+    table = read_outcomes([evals])
+    claims = claim_rows(table, shots_list)
+    report = _report_text(cfg, records, board, claims, spreads(table), failed, render, outputs)
     atomic_write_text(root / "REPORT.md", report)
     outputs["report"] = root / "REPORT.md"
     return outputs
 
 
-def _averaged(row: dict[str, Any]) -> bool:
-    """Rows of the "averaged over the shot settings" table: the all-shots rows, and the probe rows (probes are
-    scored at their own shots only, so they have no per-shot table)."""
-    return row["shots"] == "all" or row["role"] == "probe"
+_PLOTS = (("scores_plot", "Score against shots", ""),
+          ("forgetting_plot", "Forgetting on the probes", ""),
+          ("learning_curves", "Learning curves",
+           "Each arm's checkpoints at the curve points, scored on the training tasks, against the tokens and the "
+           "targets (supervised answers) they had seen: ManyICL supervises many answers per token."),
+          ("training_loss", "Training loss", "From each run's train_log.jsonl (dedicated: one line per task model)."))
+
+
+def _plots_markdown(cfg: StudyConfig, outputs: dict[str, Path]) -> str:
+    parts = ["## Plots"]
+    for key, title, note in _PLOTS:
+        if key in outputs:
+            rel = outputs[key].relative_to(cfg.directory)
+            parts += ["", f"### {title}", "", *([note, ""] if note else []), f"![{title}]({rel})"]
+    if "learning_curves" not in outputs:
+        parts += ["", "No learning curve: set `train.curve_points` (e.g. [0.25, 0.5, 1.0]) to evaluate intermediate "
+                  "checkpoints."]
+    return "\n".join(parts)
 
 
 def _failures(failed: list[StageResult]) -> str:
@@ -94,7 +158,8 @@ def _failures(failed: list[StageResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, failed, render) -> str:
+def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, spread_list, failed, render,
+                 outputs: dict[str, Path]) -> str:
     hw = hardware()
     models = sorted({r.base_model for r in records})
     docs = sorted({r.num_docs for r in records if r.role == "train"})
@@ -123,8 +188,9 @@ def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, f
         + ". Each dedicated model gets that same budget on its one task.",
         f"- Evaluation: shots {', '.join(str(s) for s in cfg.eval.get('shots', []))}; documents per task {docs}; "
         f"demonstration seeds {seeds}; `many` used on average: {many or 'n/a'}.",
-        "- Spread: ± values are two standard errors of the mean over documents (lm-eval's stderr), combined over "
-        "tasks; with several seeds the leaderboard also shows the spread over seeds.",
+        "- Leaderboard ± values are two standard errors of the mean over documents (lm-eval's stderr), combined "
+        "over tasks; the claims below use paired intervals instead. At 0 shots there are no demonstrations to "
+        "draw, so 0-shot settings are scored under one demonstration seed.",
         "",
         "## Budgets actually spent",
         "",
@@ -134,21 +200,42 @@ def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, f
         "",
         str(render(board, "markdown")),
         "",
-        "Per task: `leaderboard_by_task.md`. Plots: `plots/scores_vs_shots.png`, `plots/forgetting.png`.",
+        "Per task: `leaderboard_by_task.md`.",
+        "",
+        _plots_markdown(cfg, outputs),
         "",
         "## Did the claims hold?",
         "",
-        "A claim *held* when the difference is in its favour by more than two standard errors, is *reversed* when "
-        "it is against it by more than that, and is *not resolved* otherwise. \"Approaches dedicated\" holds when the "
-        f"gap to dedicated, minus two standard errors, is still within {100 * APPROACH_MARGIN:.0f} points.",
+        f"**Primary claim, named before the study ran: {PRIMARY.text} at `{PRIMARY_SHOTS}` shots on the "
+        f"training tasks** ({PRIMARY.a} − {PRIMARY.b}). It is the only claim tested at the plain {100 * ALPHA:.0f}% "
+        "level. Every other row is **secondary**: their p-values are corrected together with Holm's method "
+        f"(family-wise error {100 * ALPHA:.0f}%), and a secondary claim whose interval excludes 0 but whose "
+        "Holm-adjusted p-value is above 0.05 is reported as suggestive, not established.",
         "",
-        "Averaged over the shot settings (probes at their own shots):",
+        "Each difference is paired: both arms scored the same documents with the same demonstrations, so A − B is "
+        "taken per document (over its demonstration seeds) and averaged within each task, then over tasks. The "
+        "95% interval is a bootstrap over documents (10,000 replicates, resampled within each task, a document's "
+        "seeds kept together); ± is its half-width; p is a two-sided sign-flip permutation test of "
+        "\"no difference\" (docs/study-statistics.md). Verdicts follow from the interval: a claim *held* when "
+        "its interval lies above 0, is *reversed* when it lies below, is a *tie* when the arms agree on every "
+        "document, and is *not resolved* otherwise. \"Approaches dedicated\" holds when the interval's lower "
+        f"end is within {100 * APPROACH_MARGIN:.0f} points of dedicated; it is decided by its interval and is "
+        "not part of the Holm family (its p-value tests \"no difference\", which is not the claim). Values ×100.",
         "",
-        claims_markdown([c for c in claims if _averaged(c)]),
+        claims_markdown(claims),
         "",
-        "At each shot setting:",
+        f"### Sources of variance (primary claim, `{PRIMARY_SHOTS}` shots)",
         "",
-        claims_markdown([c for c in claims if not _averaged(c)]),
+        "The primary difference computed on each demonstration draw alone and on each training seed alone "
+        "(both arms of the same training seed paired):",
+        "",
+        spreads_markdown(spread_list),
+        "",
+        ("Only one training seed ran per arm, so the variance between training runs is **unmeasured**: the "
+         "interval above covers documents and demonstration draws, not a re-run of training with another seed."
+         if len(spread_list) < 2 else
+         "The interval above averages each arm over its training seeds per document; the spread between training "
+         "seeds beside the spread between demonstration draws shows which source dominates."),
         "",
         "## Scale caveat",
         "",

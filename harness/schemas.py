@@ -86,7 +86,7 @@ class TrainManifest(Provenance):
 
     _OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({
         "data_sources", "models", "train_time_s", "steps", "tokens_per_second", "checkpoint", "checkpoint_kind",
-        "wall_time_s", "seen", "final_train_loss"})
+        "wall_time_s", "seen", "final_train_loss", "curve"})
 
     kind: str = "train"
     method: str  # the arm
@@ -98,6 +98,9 @@ class TrainManifest(Provenance):
     train_time_s: float | None = None  # seconds inside trainer.train()
     steps: int | None = None  # optimizer steps taken
     seen: dict[str, int] | None = None  # tokens, trained_tokens, targets, examples, rows actually trained on
+    # learning-curve points (--curve-points): fraction, step, path of the model folder, and tokens/targets/examples
+    # seen up to that step
+    curve: list[dict[str, Any]] | None = None
     tokens_per_second: float | None = None
     final_train_loss: float | None = None  # last logged loss; None when nothing was logged
     final_eval_loss: float | None = None  # last validation loss (--eval-steps); None when not measured

@@ -25,6 +25,7 @@ FAMILIES = ("classification", "nli", "qa", "summarization", "math")
 # A task's metric name to the key lm-eval reports it under.
 METRIC_KEYS = {"accuracy": "acc", "exact_match_number": "exact_match", "rouge_l": "rouge_l"}
 BACKENDS = ("auto", "vllm", "hf")
+CURVE_DIR = "curve"  # in a run directory: one finished model folder per learning-curve point, named by fraction
 
 
 def setting(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's word
@@ -76,10 +77,15 @@ class TrainConfig:
     report_to: list[str] = setting(["none"], "live logs through TRL: none | tensorboard | wandb (comma-separated)")
     eval_steps: int | None = setting(None, "validation loss every N steps, at the start and at the end")
     eval_examples_per_task: int | None = setting(None, "use at most this many validation examples per task")
+    curve_points: list[float] = setting([], "keep the model at these fractions of the budget's steps (e.g. 0.25,0.5) "
+                                        "as finished folders under curve/, for learning curves")
 
     def __post_init__(self):
         self.tasks = split_list(self.tasks)
         self.report_to = split_list(self.report_to)
+        self.curve_points = [float(p) for p in split_list(self.curve_points)]
+        if any(not 0 < p <= 1 for p in self.curve_points):
+            raise HarnessError(f"curve_points must be fractions in (0, 1], not {self.curve_points}.")
 
     @property
     def budget_given(self) -> bool:
@@ -106,7 +112,7 @@ class EvalConfig:
     backend: str = setting("auto", "prefix | hf | vllm | auto (the fastest measured here; see bench/RESULTS.md)")
     server_url: str | None = setting(None, "use a running OpenAI-compatible server (…/v1) instead of starting one")
     served_model: str | None = setting(None, "model name on --server-url (default: the model path)")
-    seeds: int = setting(1, "repeat with this many demonstration draws (seed, seed+1, …)")
+    seeds: int = setting(1, "demonstration draws (seed, seed+1, …) for k > 0 shots; 0 shots needs one")
     seed: int = setting(DEFAULT_SEED, "first demonstration seed")
     limit: int | None = setting(None, "score at most this many test documents per task")
     max_length: int | None = setting(None, "context to fit prompts into; default the checkpoint's max_seq_len or "
@@ -135,12 +141,17 @@ class StudyConfig:
     heldout: list[str] = setting([], "tasks no arm trains on: unseen-task generalisation")
     probes: list[str] = setting(["arc_easy", "piqa"], "forgetting probes, never trained on")
     arms: list[str] = setting([a for a in ARMS if a != "manyicl-full"], "arms to compare")
-    train: dict[str, Any] = setting({}, "TrainConfig settings shared by every arm (budget, max_seq_len, lr, ...)")
+    train: dict[str, Any] = setting({}, "TrainConfig settings shared by every arm (budget, max_seq_len, lr, ...); "
+                                    "`seeds: [..]` trains every arm once per seed")
     eval: dict[str, Any] = setting({}, "EvalConfig settings shared by every evaluation (shots, limit, seeds, ...)")
+    curve_eval: dict[str, Any] = setting({}, "EvalConfig settings for the learning-curve points (train.curve_points);"
+                                         " default shots [many], one seed, the study's limit")
     output_dir: str | None = setting(None, "study directory; default results/studies/<name>")
     data_dir: str | None = setting(None, "folder with the task data; default $HARNESS_DATA_DIR, else the hub")
     expected_minutes: float | None = setting(None, "how long the study should take on its reference hardware")
     hardware: str = setting("", "the hardware the preset is sized for")
+    throughput: dict[str, Any] = setting({}, "measured constants the dry run estimates time and memory from "
+                                         "(harness/study_estimate.py), with their source")
 
     def __post_init__(self):
         for name in ("tasks", "heldout", "probes", "arms"):

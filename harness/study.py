@@ -22,9 +22,14 @@ from harness.runs import write_yaml
 from harness.schemas import STATE_FILE, Provenance, StageResult, StudyManifest, StudyState
 from harness.settings import ARMS, EvalConfig, StudyConfig, TrainConfig, split_list, to_dict
 from harness.study_display import NullDisplay, estimate_left
-from harness.study_stages import Stage, mark_done, plan_stages, run_stage_process, stage_done
+from harness.study_stages import Stage, mark_done, plan_stages, run_stage_process, stage_done, training_seeds
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def study_presets() -> list[str]:
+    """The study presets by name; other files there (a recipe sweep's grid, under `sweep:`) are not studies."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml") if "sweep" not in (yaml.safe_load(p.read_text()) or {}))
 
 
 def load_study(config: str | Path | None, preset: str | None, overrides: dict[str, Any]) -> StudyConfig:
@@ -32,9 +37,8 @@ def load_study(config: str | Path | None, preset: str | None, overrides: dict[st
     data: dict[str, Any] = {}
     if preset:
         path = PRESETS_DIR / f"{preset}.yaml"
-        if not path.exists():
-            known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
-            raise HarnessError(f"Unknown preset `{preset}`; choose one of {known}.")
+        if preset not in study_presets():
+            raise HarnessError(f"Unknown preset `{preset}`; choose one of {', '.join(study_presets())}.")
         data.update(yaml.safe_load(path.read_text()))
     if config:
         path = Path(config)
@@ -67,13 +71,19 @@ def _validate(cfg: StudyConfig) -> None:
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     eval_fields = {f.name for f in dataclasses.fields(EvalConfig)}
     for key in cfg.train:
+        if key == "seeds":  # the study's own: one training run per seed (study_stages.training_seeds)
+            continue
         if key not in train_fields or key in {"method", "model", "tasks", "output_dir", "data_dir", "resume"}:
             raise HarnessError(f"Study `train.{key}` is not a shared training setting.")
+    for key in cfg.curve_eval:
+        if key not in eval_fields or key in {"model", "tasks", "output_dir", "data_dir", "method"}:
+            raise HarnessError(f"Study `curve_eval.{key}` is not a shared evaluation setting.")
     for key in cfg.eval:
         if key not in eval_fields or key in {"model", "tasks", "heldout", "probes", "probe_tasks", "output_dir",
                                              "data_dir", "method", "base_results"}:
             raise HarnessError(f"Study `eval.{key}` is not a shared evaluation setting.")
-    train = TrainConfig(**cfg.train)
+    train = TrainConfig(**{k: v for k, v in cfg.train.items() if k != "seeds"})
+    training_seeds(cfg)
     if not train.budget_given:
         raise HarnessError("The study needs a matched budget: set train.max_steps and/or train.max_tokens.")
     parse_shots(split_list(cfg.eval.get("shots", ["0", "5", "many"])))

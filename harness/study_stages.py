@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.errors import HarnessError
 from harness.processes import die_with_parent, stop_process_group
 from harness.runs import write_yaml
 from harness.schemas import STAGE_DONE_FILE, StageDone, is_complete
-from harness.settings import DEFAULT_MAX_LENGTH, StudyConfig
+from harness.settings import CURVE_DIR, DEFAULT_MAX_LENGTH, StudyConfig
 
 
 @dataclass
@@ -45,19 +46,55 @@ def plan_stages(cfg: StudyConfig) -> list[Stage]:
     eval_common = dict(cfg.eval) | {"tasks": cfg.tasks, "heldout": cfg.heldout, "probes": True,
                                     "probe_tasks": cfg.probes, "data_dir": cfg.data_dir, "max_length": max_length,
                                     "base_results": base_evals}
+    shared_train = {k: v for k, v in cfg.train.items() if k != "seeds"}
+    seeds = training_seeds(cfg)
     for arm in cfg.arms:
         if arm == "base":
             stages.append(Stage("eval:base", "eval", arm, [], eval_common | {
                 "model": cfg.model, "method": "base", "output_dir": base_evals}))
             continue
-        run_dir = root / "runs" / arm
-        train = dict(cfg.train) | {"method": arm, "model": cfg.model, "tasks": cfg.tasks, "output_dir": str(run_dir),
-                                   "data_dir": cfg.data_dir, "resume": True}
-        stages.append(Stage(f"train:{arm}", "train", arm, [], train))
-        stages.append(Stage(f"eval:{arm}", "eval", arm, [f"train:{arm}"], eval_common | {
-            "model": str(run_dir), "output_dir": str(root / "evals" / arm)}))
+        for seed in seeds or [None]:
+            # Several training seeds: one run per seed, named `<arm>-seed<N>` (the report pairs arms by it).
+            name = arm if seed is None else f"{arm}-seed{seed}"
+            run_dir = root / "runs" / name
+            train = shared_train | {"method": arm, "model": cfg.model, "tasks": cfg.tasks, "output_dir": str(run_dir),
+                                    "data_dir": cfg.data_dir, "resume": True}
+            if seed is not None:
+                train["seed"] = seed
+            label = arm if seed is None else f"{arm}:seed{seed}"
+            stages.append(Stage(f"train:{label}", "train", arm, [], train))
+            stages.append(Stage(f"eval:{label}", "eval", arm, [f"train:{label}"], eval_common | {
+                "model": str(run_dir), "output_dir": str(root / "evals" / name)}))
+            if arm != "dedicated":  # one model per task has no single curve; its tasks' models would each need one
+                stages += _curve_stages(cfg, arm, label, name, run_dir, eval_common)
     stages.append(Stage("report", "report", "", []))
     return stages
+
+
+def _curve_stages(cfg: StudyConfig, arm: str, label: str, name: str, run_dir: Path,
+                  eval_common: dict[str, Any]) -> list[Stage]:
+    """One evaluation per learning-curve point (`train.curve_points`) on the training tasks, into `curves/` (kept
+    out of `evals/`, so the leaderboard and the claims see only the finished models)."""
+    common = eval_common | {"heldout": [], "probes": False, "shots": ["many"], "seeds": 1} | dict(cfg.curve_eval)
+    stages = []
+    for fraction in sorted(float(p) for p in cfg.train.get("curve_points") or []):
+        model = run_dir if fraction >= 1 else run_dir / CURVE_DIR / f"{fraction:g}"
+        stages.append(Stage(f"curve:{label}@{fraction:g}", "eval", arm, [f"train:{label}"], common | {
+            # its own arm label (`manyicl@0.5`), so no reader that pools a study's records mixes it with the arm
+            "model": str(model), "method": f"{arm}@{fraction:g}",
+            "output_dir": str(cfg.directory / "curves" / f"{name}@{fraction:g}")}))
+    return stages
+
+
+def training_seeds(cfg: StudyConfig) -> list[int]:
+    """`train.seeds`: train every arm once per seed (the report then shows the spread between training seeds).
+    Empty when absent or a single seed, which keeps one run per arm under `runs/<arm>`."""
+    seeds = cfg.train.get("seeds") or []
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise HarnessError(f"Study `train.seeds` must be a list of distinct integers, not {seeds!r}.")
+    if len(seeds) == 1:
+        return []
+    return seeds
 
 
 def stage_done(stage: Stage) -> bool:

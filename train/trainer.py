@@ -15,7 +15,7 @@ from harness.errors import HarnessError
 from harness.models import CHECKPOINT_INFO, ResolvedModel, load_tokenizer, resolve_model
 from harness.runs import new_run_dir, publish_dir, write_json, write_yaml
 from harness.schemas import CheckpointInfo, Provenance, TrainManifest, is_complete
-from harness.settings import METHODS, TRAIN_ARMS, TrainConfig, to_dict
+from harness.settings import CURVE_DIR, METHODS, TRAIN_ARMS, TrainConfig, to_dict
 from tasks.registry import TaskData, load_examples, parse_task_list
 from train.sequences import (
     Budget,
@@ -217,7 +217,7 @@ def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     train_seconds = time.time() - train_started
     info = _save_final(trainer, cfg, model, run_dir, prepared)
-    _finish_run(manifest, run_dir, prepared, info, steps=result.global_step, started=started,
+    _finish_run(cfg, manifest, run_dir, prepared, info, steps=result.global_step, started=started,
                 train_seconds=train_seconds)
     return run_dir
 
@@ -325,11 +325,73 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
 
+    points = curve_steps(cfg, steps)
+
+    class SaveCurvePoints(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            fraction = points.get(state.global_step)
+            # the whole budget's point is final/; every earlier fraction gets its folder, even on the last step
+            if fraction is not None and fraction < 1 and model is not None:
+                _save_curve_point(model, cfg, model_info=model_ref, run_dir=run_dir, prepared=prepared,
+                                  fraction=fraction)
+
+    model_ref = model
     trainer = SFTTrainer(model=lm, args=args, train_dataset=dataset,
                          eval_dataset=as_dataset(eval_rows) if eval_rows else None,
-                         processing_class=prepared.tokenizer, peft_config=peft_config, callbacks=[LogToFile()])
+                         processing_class=prepared.tokenizer, peft_config=peft_config,
+                         callbacks=[LogToFile(), SaveCurvePoints()])
     _tensorboard_into(trainer, run_dir / TENSORBOARD_DIR)
     return trainer
+
+
+def curve_steps(cfg: TrainConfig, steps: int) -> dict[int, float]:
+    """Optimizer step -> the learning-curve fraction saved after it (the last fraction wins a shared step)."""
+    return {max(1, round(fraction * steps)): fraction for fraction in sorted(cfg.curve_points)}
+
+
+def curve_folder(run_dir: Path, fraction: float) -> Path:
+    return run_dir / CURVE_DIR / f"{fraction:g}"
+
+
+def _save_curve_point(lm, cfg: TrainConfig, *, model_info: ResolvedModel, run_dir: Path, prepared: _Prepared,
+                      fraction: float) -> None:
+    """The model as it is now, as a finished folder any harness command loads: full weights copied to bf16 (the
+    training weights are left untouched), or the adapter alone for LoRA. A point already saved (a resumed run)
+    is kept."""
+    import torch
+
+    folder = curve_folder(run_dir, fraction)
+    if folder.exists():
+        return
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    adapter = hasattr(lm, "peft_config")
+    if adapter:
+        lm.save_pretrained(tmp)
+    else:
+        lm.save_pretrained(tmp, state_dict={k: v.detach().to(torch.bfloat16) for k, v in lm.state_dict().items()})
+    prepared.tokenizer.save_pretrained(tmp)
+    CheckpointInfo(method=cfg.method, format=prepared.format, base_model=model_info.path, tasks=cfg.tasks,
+                   max_seq_len=cfg.max_seq_len, lora_r=cfg.lora_r, lora_merged=False,
+                   adapter_only=adapter).write(tmp / CHECKPOINT_INFO)
+    publish_dir(tmp, folder)
+
+
+def _curve_entries(cfg: TrainConfig, run_dir: Path, prepared: _Prepared, steps: int) -> list[dict[str, Any]] | None:
+    """The manifest's learning-curve points: where each model is and what it had seen (rows are trained in
+    order, so the first step x rows-per-step rows are exactly what it saw). The last point is final/."""
+    if not cfg.curve_points:
+        return None
+    per_step = cfg.batch_size * cfg.grad_accum
+    entries = []
+    for step, fraction in sorted(curve_steps(cfg, steps).items()):
+        path = run_dir / "final" if fraction >= 1 else curve_folder(run_dir, fraction)
+        rows = prepared.data.rows[:min(step, steps) * per_step]
+        entries.append({"fraction": fraction, "step": min(step, steps), "path": str(path),
+                        "tokens": sum(r.num_tokens for r in rows), "targets": sum(r.num_targets for r in rows),
+                        "examples": sum(r.num_examples for r in rows)})
+    return entries
 
 
 def _save_final(trainer, cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepared: _Prepared) -> CheckpointInfo:
@@ -358,7 +420,8 @@ def _save_final(trainer, cfg: TrainConfig, model: ResolvedModel, run_dir: Path, 
     return info
 
 
-def _finish_run(manifest: TrainManifest, run_dir: Path, prepared: _Prepared, info: CheckpointInfo, *, steps: int,
+def _finish_run(cfg: TrainConfig, manifest: TrainManifest, run_dir: Path, prepared: _Prepared, info: CheckpointInfo,
+                *, steps: int,
                 started: float, train_seconds: float) -> None:
     stats = prepared.data.stats()
     done = dataclasses.replace(
@@ -368,7 +431,7 @@ def _finish_run(manifest: TrainManifest, run_dir: Path, prepared: _Prepared, inf
         tokens_per_second=round(stats["tokens"] / max(train_seconds, 1e-9), 1),
         final_train_loss=_last_loss(run_dir / "train_log.jsonl"),
         final_eval_loss=_last_loss(run_dir / "train_log.jsonl", "eval_loss"), checkpoint=str(run_dir / "final"),
-        checkpoint_kind="adapter" if info.adapter_only else "full")
+        checkpoint_kind="adapter" if info.adapter_only else "full", curve=_curve_entries(cfg, run_dir, prepared, steps))
     done.write(run_dir / "manifest.json")
 
 

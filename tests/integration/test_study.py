@@ -62,7 +62,7 @@ def test_smoke_study_writes_every_output(smoke, study_env):
     for name in ("REPORT.md", "leaderboard.md", "leaderboard.csv", "leaderboard.json", "leaderboard_by_task.md",
                  "state.json", "manifest.json", "study.yaml"):
         assert (root / name).is_file() and (root / name).stat().st_size > 0, name
-    for png in ("scores_vs_shots.png", "forgetting.png"):
+    for png in ("scores_vs_shots.png", "forgetting.png", "learning_curves.png", "training_loss.png"):
         assert (root / "plots" / png).read_bytes()[:8] == PNG, png
 
     # every trained arm has its checkpoint, the same matched budget, and an evaluation
@@ -82,6 +82,7 @@ def test_smoke_study_writes_every_output(smoke, study_env):
             records = _records(summary)
             assert records and {r["method"] for r in records} == {arm}, summary
             assert {r["seed"] for r in records} == {1234, 1235}
+            assert {r["seed"] for r in records if r["shots"] == "0"} == {1234}  # nothing to draw at 0 shots
             assert {r["max_length"] for r in records} == {512}  # every model in its training context
             assert {r["task"] for r in records if r["role"] == "probe"} == {"arc_easy"}
         if arm not in ("base", "dedicated"):
@@ -94,7 +95,9 @@ def test_smoke_study_writes_every_output(smoke, study_env):
         assert json.loads((root / "evals" / arm / "study_stage_done.json").read_text())["config"]
 
     state = json.loads((root / "state.json").read_text())
-    expected = ["eval:base"] + [f"{kind}:{arm}" for arm in TRAINED for kind in ("train", "eval")] + ["report"]
+    expected = ["eval:base"] + [name for arm in TRAINED for name in (
+        f"train:{arm}", f"eval:{arm}", *([] if arm == "dedicated" else [f"curve:{arm}@0.5", f"curve:{arm}@1"]))] + \
+        ["report"]
     assert list(state["stages"]) == expected
     assert {s["status"] for s in state["stages"].values()} == {"done"}
     assert json.loads((root / "manifest.json").read_text())["stages"] == {name: "done" for name in expected}
@@ -114,7 +117,15 @@ def test_smoke_study_writes_every_output(smoke, study_env):
     report = (root / "REPORT.md").read_text()
     assert report.startswith("# Study: smoke")
     assert "## Did the claims hold?" in report and "| claim | shots | A | B |" in report
-    assert "| ManyICL beats zero-shot fine-tuning | all | manyicl | zero-shot |" in report
+    assert "| **ManyICL beats zero-shot fine-tuning** (primary) | many | manyicl | zero-shot |" in report
+    assert "Holm" in report and "training seeds | one training seed ran | **unmeasured**" in report
+    for png in ("learning_curves.png", "training_loss.png", "scores_vs_shots.png"):
+        assert f"(plots/{png})" in report
+    # every learning-curve point of every single-model arm, with the tokens and targets it had seen
+    manifest = json.loads((root / "runs" / "manyicl" / "manifest.json").read_text())
+    assert [p["fraction"] for p in manifest["curve"]] == [0.5, 1.0]
+    assert (root / "runs" / "manyicl" / "curve" / "0.5" / "config.json").is_file()
+    assert {r["method"] for r in _records(root / "curves" / "manyicl@0.5" / "summary.jsonl")} == {"manyicl@0.5"}
     assert "## Scale caveat" in report and "135M-parameter model" in report
     assert "## Budgets actually spent" in report and "| dedicated | per task: sst2=3, rte=3 |" in report
     assert "Stages that did not finish" not in report
@@ -163,7 +174,10 @@ def test_a_study_directory_pairs_its_arms_document_by_document(smoke):
 
     root, *_ = smoke
     table = read_outcomes([root])
-    assert set(table.methods) == {"base", "zero-shot", "few-shot", "many-shot-last", "manyicl", "dedicated"}
+    arms = {"base", "zero-shot", "few-shot", "many-shot-last", "manyicl", "dedicated"}
+    # learning-curve points are arms of their own (`manyicl@0.5`), never pooled into the finished model's outcomes
+    curve_points = {f"{arm}@{p}" for arm in arms - {"base", "dedicated"} for p in ("0.5", "1")}
+    assert set(table.methods) == arms | curve_points
     pairing = pair(table, "manyicl", "zero-shot", shots="many", role="train")
     assert len(pairing.clusters) == 12 and {len(c.diffs) for c in pairing.clusters} == {2}  # 2 tasks x 6, 2 seeds
     assert (pairing.only_a, pairing.only_b) == (0, 0)
@@ -339,7 +353,7 @@ def test_bad_study_file_is_one_clear_sentence(change, words, tmp_path):
 
 def test_unknown_preset_and_missing_study_file(tmp_path):
     code, _, err = _harness(["study", "--preset", "huge"])
-    assert code == 2 and "Unknown preset `huge`; choose one of demo, paper, smoke." in _one_line(err)
+    assert code == 2 and "Unknown preset `huge`; choose one of demo, demo-full, paper, smoke." in _one_line(err)
     code, _, err = _harness(["study", "--config", str(tmp_path / "nope.yaml")])
     assert code == 2 and "does not exist" in err and "Traceback" not in err
     code, _, err = _harness(["study"])
@@ -347,10 +361,19 @@ def test_unknown_preset_and_missing_study_file(tmp_path):
 
 
 def test_every_preset_is_a_valid_study():
-    from harness.study import PRESETS_DIR, load_study
+    from harness.study import PRESETS_DIR, load_study, study_presets
+    from harness.study_estimate import estimate_study
     from harness.study_stages import plan_stages
 
-    for path in sorted(PRESETS_DIR.glob("*.yaml")):
-        cfg = load_study(None, path.stem, {"output_dir": "/tmp/unused"})
+    assert study_presets() == ["demo", "demo-full", "paper", "smoke"]
+    assert sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")) == ["demo", "demo-full", "paper", "recipe-sweep", "smoke"]
+    for name in study_presets():
+        cfg = load_study(None, name, {"output_dir": "/tmp/unused"})
         stages = plan_stages(cfg)
-        assert stages[-1].name == "report" and len(stages) == 2 * len(cfg.arms) - ("base" in cfg.arms) + 1
+        curves = len(cfg.train.get("curve_points") or []) * len([a for a in cfg.arms if a not in {"base", "dedicated"}])
+        assert stages[-1].name == "report"
+        assert len(stages) == 2 * len(cfg.arms) - ("base" in cfg.arms) + 1 + curves
+        if os.environ.get("HARNESS_DATA_DIR"):
+            # the time a preset states is the one its own constants give (documents read from the real data)
+            minutes = estimate_study(cfg).seconds / 60
+            assert cfg.expected_minutes == pytest.approx(minutes, rel=0.05), (name, minutes)

@@ -394,3 +394,27 @@ def test_library_call_matches_cli(base_args):
 
     with pytest.raises(HarnessError, match="Unknown method"):
         run_training(TrainConfig(method="nope", max_steps=1))
+
+
+def test_curve_points_are_finished_models_with_what_they_had_seen(base_args, tmp_path):
+    """issue 9: `--curve-points` keeps the model at fractions of the budget as folders every command loads,
+    with the tokens and targets seen up to that step (rows train in order, so they are a prefix of the run's)."""
+    from harness.models import describe_model
+
+    run = tmp_path / "run"
+    code, _, err = _harness([*base_args, "--tasks", "sst2", "--max-steps", "4", "--lr", "1e-3",
+                             "--curve-points", "0.25,0.5,1", "-o", str(run)])
+    assert code == 0, err[-2000:]
+    manifest = _read(run / "manifest.json")
+    curve = manifest["curve"]
+    assert [(p["fraction"], p["step"]) for p in curve] == [(0.25, 1), (0.5, 2), (1.0, 4)]
+    assert [Path(p["path"]) for p in curve] == [run / "curve" / "0.25", run / "curve" / "0.5", run / "final"]
+    assert curve[-1]["tokens"] == manifest["seen"]["tokens"] and curve[-1]["targets"] == manifest["seen"]["targets"]
+    assert 0 < curve[0]["tokens"] < curve[1]["tokens"] < curve[2]["tokens"]
+    assert 0 < curve[0]["targets"] < curve[1]["targets"] < curve[2]["targets"]
+    for point in curve[:2]:
+        mut = describe_model(point["path"])
+        assert mut.method == "manyicl" and mut.is_finetuned
+    # the model after one step is not the model after four
+    assert _differs(_weights(run / "curve" / "0.25"), _weights(run / "final"))
+    assert not (run / "curve" / "0.25.tmp").exists()

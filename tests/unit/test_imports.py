@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "train.trainer", "harness.preview", "harness.prefix_scorer"),
     ("harness.lm_eval_bridge", "harness.report", "harness.study_display", "harness.study_stages"),
     ("harness.evaluate",),
-    ("harness.study",),
+    ("harness.study", "harness.study_estimate"),
     ("harness.cli_options",),
     ("harness.cli",),
 )

@@ -7,9 +7,7 @@ import json
 
 import pytest
 
-from harness.claims import APPROACHES, BEATS, Claim, claim_rows
 from harness.errors import HarnessError
-from harness.results import ResultRecord
 from harness.schemas import (
     SCHEMA_VERSION,
     CheckpointInfo,
@@ -56,19 +54,3 @@ def test_newer_schema_version_is_refused_in_one_sentence():
 def test_missing_required_field_names_the_file():
     with pytest.raises(HarnessError, match="m.json is missing a field"):
         TrainManifest.from_json({"method": "manyicl"}, "m.json")
-
-
-def _record(method: str, value: float) -> ResultRecord:
-    return ResultRecord(model=method, model_path=method, base_model="base", method=method, task="rte", family="nli",
-                        role="train", shots="0", shots_min=0, shots_mean=0.0, shots_max=0, metric="accuracy",
-                        value=value, stderr=0.005, seed=1, num_docs=100, backend="hf", format="chat",
-                        max_length=512, created="2026-01-01T00:00:00+00:00")
-
-
-def test_claim_verdict_follows_its_rule_not_its_words():
-    records = [_record("manyicl", 0.60), _record("dedicated", 0.62)]
-    worded_alike = "ManyICL approaches dedicated"
-    rows = claim_rows(records, ["0"], claims=(Claim(worded_alike, "manyicl", "dedicated", "train", APPROACHES),
-                                              Claim(worded_alike, "manyicl", "dedicated", "train", BEATS)))
-    by_rule = {r["rule"]: r["result"] for r in rows if r["shots"] == "0"}
-    assert by_rule == {APPROACHES: "held", BEATS: "reversed"}

@@ -1,0 +1,201 @@
+"""What a study will do and how long it will take, before anything runs (`harness study --dry-run`): its stages,
+the documents per task and shot setting, the seeds, and time and memory estimated from the measured throughput
+constants its preset records (`throughput:`, each with where it came from)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.prompts import parse_shots
+from harness.settings import StudyConfig, split_list
+from harness.study_stages import Stage, plan_stages, training_seeds
+
+GIB = 1024**3
+# What `throughput:` may hold. Rates are per stage process; `source` says where the numbers were measured.
+THROUGHPUT_KEYS = {
+    "train_tokens_per_s": "training tokens per second of one run (rows x max_seq_len per step)",
+    "eval_documents_per_s": "documents per second per shot kind: `0`, `k` (a number of shots), `many`",
+    "stage_start_s": "seconds each child process spends before its work: {train: s, eval: s}",
+    "peak_memory_gib": "measured peak memory of a training run (GiB); else computed from model_shape",
+    "model_shape": "params_b, layers, hidden, vocab (and lora_params_m): to compute a training run's memory",
+    "source": "where and when every constant above was measured (or how it was derived)",
+}
+
+
+@dataclass
+class StageEstimate:
+    """One stage of the plan with its work and estimated seconds."""
+
+    name: str
+    kind: str
+    seconds: float
+    work: str  # what it does, in words: tokens to train, or documents to score
+    documents: dict[str, int] = field(default_factory=dict)  # eval: "task @shots" -> documents x seeds
+
+
+@dataclass
+class StudyEstimate:
+    stages: list[StageEstimate]
+    documents: dict[str, int]  # task -> documents scored per (shots, seed)
+    demonstration_seeds: int
+    training_seeds: list[int]
+    memory_gib: float | None
+    memory_note: str
+    source: str
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+
+def _throughput(cfg: StudyConfig) -> dict[str, Any]:
+    t = dict(cfg.throughput)
+    unknown = sorted(set(t) - set(THROUGHPUT_KEYS))
+    if unknown:
+        raise HarnessError(f"Study `throughput.{unknown[0]}` is unknown; known: {', '.join(THROUGHPUT_KEYS)}.")
+    for key in ("train_tokens_per_s", "eval_documents_per_s"):
+        if key not in t:
+            raise HarnessError(f"Study `{cfg.name}` has no `throughput.{key}`; record the measured constant in its "
+                               "preset to estimate its time.")
+    rates = t["eval_documents_per_s"]
+    if not isinstance(rates, dict) or not {"0", "k", "many"} <= set(map(str, rates)):
+        raise HarnessError(f"Study `{cfg.name}`: `throughput.eval_documents_per_s` needs rates for `0`, `k` and "
+                           "`many`.")
+    return t
+
+
+def _shot_kind(shots: str) -> str:
+    return shots if shots in {"0", "many"} else "k"
+
+
+def documents_per_task(cfg: StudyConfig, tasks: list[str]) -> dict[str, int]:
+    """Documents scored per task and setting: the test split (read from the data where it is at hand), capped by
+    `eval.limit`. Where a task's data cannot be read here, the limit stands for it."""
+    from tasks.registry import load_examples, parse_task_list
+
+    limit = cfg.eval.get("limit")
+    out: dict[str, int] = {}
+    for task in parse_task_list(tasks):
+        try:
+            size = len(load_examples(task, cfg.data_dir).test)
+        except (HarnessError, OSError, ValueError):
+            if limit is None:
+                raise HarnessError(f"Cannot read {task.name}'s data to count its documents and `eval.limit` is "
+                                   "not set; give --data-dir or set a limit.") from None
+            size = limit
+        out[task.name] = min(size, limit) if limit else size
+    return out
+
+
+def _eval_documents(cfg: StudyConfig, stage: Stage, docs: dict[str, int]) -> dict[str, int]:
+    """(task @shots) -> documents x demonstration seeds that one evaluation stage scores."""
+    ev = stage.config or {}
+    seeds = int(ev.get("seeds", 1))
+    limit = ev.get("limit")
+    docs = {task: min(n, limit) if limit else n for task, n in docs.items()}
+    shots = parse_shots(split_list(ev.get("shots", ["0", "5", "many"])))
+    probe_shots = parse_shots(split_list(ev.get("probe_shots", ["0"])))
+    # A dedicated run holds one model per training task: each scores its task and every probe.
+    probe_copies = len(cfg.tasks) if stage.arm == "dedicated" else 1
+    tasks = list(ev.get("tasks", [])) + ([] if stage.arm == "dedicated" else list(ev.get("heldout", [])))
+    out: dict[str, int] = {}
+    for task in tasks:
+        for s in shots:
+            out[f"{task} @{s}"] = docs[task] * (1 if s == "0" else seeds)
+    for probe in ev.get("probe_tasks", []) if ev.get("probes") else []:
+        for s in probe_shots:
+            out[f"{probe} @{s}"] = docs[probe] * (1 if s == "0" else seeds) * probe_copies
+    return out
+
+
+def _train_tokens(cfg: StudyConfig) -> int:
+    t = cfg.train
+    rows = int(t.get("batch_size", 1)) * int(t.get("grad_accum", 1))
+    by_steps = t["max_steps"] * rows * t.get("max_seq_len", 2048) if t.get("max_steps") else None
+    budgets = [b for b in (by_steps, t.get("max_tokens")) if b]
+    if not budgets:
+        raise HarnessError(f"Study `{cfg.name}` has no token or step budget to estimate its training time from.")
+    return int(min(budgets))
+
+
+def memory(cfg: StudyConfig, t: dict[str, Any]) -> tuple[float | None, str]:
+    """A training run's peak memory: the measured constant, else weights + LoRA/optimizer + checkpointed
+    activations + logits from the model's shape (bf16 weights, fp32 logits and their gradient)."""
+    if "peak_memory_gib" in t:
+        return float(t["peak_memory_gib"]), "measured"
+    shape = t.get("model_shape")
+    if not shape:
+        return None, "no memory constant recorded"
+    params, layers, hidden, vocab = (float(shape[k]) for k in ("params_b", "layers", "hidden", "vocab"))
+    train = cfg.train
+    seq = float(train.get("max_seq_len", 2048)) * float(train.get("batch_size", 1))
+    weights = params * 1e9 * 2
+    # full fine-tuning keeps fp32 Adam moments and master weights (12 bytes) and bf16 gradients (2) per parameter
+    # LoRA: the adapter's weights, gradients and Adam moments in fp32 (16 bytes per adapter parameter)
+    optimizer = float(shape.get("lora_params_m", 0)) * 1e6 * 16 if train.get("lora_r") else params * 1e9 * 14
+    per_layer = seq * hidden * 2 * (1 if train.get("gradient_checkpointing") else 34)
+    activations = layers * per_layer + (seq * hidden * 34 if train.get("gradient_checkpointing") else 0)
+    logits = seq * vocab * 4 * 3  # fp32 logits, their softmax and their gradient
+    total = (weights + optimizer + activations + logits) / GIB + 2.0  # + CUDA context and allocator slack
+    return total, (f"computed: weights {weights / GIB:.0f} + optimizer {optimizer / GIB:.0f} + activations "
+                   f"{activations / GIB:.1f} + logits {logits / GIB:.1f} + 2 GiB context")
+
+
+def estimate_study(cfg: StudyConfig, documents: dict[str, int] | None = None) -> StudyEstimate:
+    """The plan with every stage's work and estimated time, from the study's throughput constants. `documents`
+    (task -> test documents) is read from the data when not given."""
+    t = _throughput(cfg)
+    rates = {str(k): float(v) for k, v in t["eval_documents_per_s"].items()}
+    start = {"train": 0.0, "eval": 0.0} | {k: float(v) for k, v in (t.get("stage_start_s") or {}).items()}
+    docs = documents if documents is not None else documents_per_task(cfg, [*cfg.tasks, *cfg.heldout, *cfg.probes])
+    tokens = _train_tokens(cfg)
+    stages: list[StageEstimate] = []
+    for stage in plan_stages(cfg):
+        if stage.kind == "train":
+            runs = len(cfg.tasks) if stage.arm == "dedicated" else 1  # one model per task, each the same budget
+            seconds = runs * (start["train"] + tokens / float(t["train_tokens_per_s"]))
+            stages.append(StageEstimate(stage.name, "train", seconds, f"{runs} x {tokens:,} tokens"))
+        elif stage.kind == "eval":
+            per = _eval_documents(cfg, stage, docs)
+            seconds = start["eval"] * (len(cfg.tasks) if stage.arm == "dedicated" else 1)
+            seconds += sum(n / rates[_shot_kind(key.split(" @")[1])] for key, n in per.items())
+            stages.append(StageEstimate(stage.name, "eval", seconds, f"{sum(per.values()):,} documents", per))
+        else:
+            stages.append(StageEstimate(stage.name, "report", 0.0, "leaderboard, plots, REPORT.md"))
+    mem, note = memory(cfg, t)
+    return StudyEstimate(stages=stages, documents=docs, demonstration_seeds=int(cfg.eval.get("seeds", 1)),
+                         training_seeds=training_seeds(cfg) or [int(cfg.train.get("seed", 1234))],
+                         memory_gib=mem, memory_note=note, source=str(t.get("source", "not recorded")).strip())
+
+
+def _fmt(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{minutes / 60:.1f} h" if minutes >= 120 else f"{minutes:.1f} min"
+
+
+def dry_run_text(cfg: StudyConfig, est: StudyEstimate) -> str:
+    """The plan as plain text: what `harness study --dry-run` prints. Nothing is written."""
+    shots = split_list(cfg.eval.get("shots", ["0", "5", "many"]))
+    lines = [f"Study `{cfg.name}` (dry run: nothing is written) -> {cfg.directory}",
+             f"Model: {cfg.model or 'SmolLM2-135M-Instruct (default)'}; arms: {', '.join(cfg.arms)}",
+             f"Training tasks: {', '.join(cfg.tasks)}; held out: {', '.join(cfg.heldout) or 'none'}; "
+             f"probes: {', '.join(cfg.probes) or 'none'}",
+             f"Shots: {', '.join(shots)} (probes at {', '.join(split_list(cfg.eval.get('probe_shots', ['0'])))}); "
+             f"demonstration seeds: {est.demonstration_seeds} for k > 0, 1 at 0 shots; training seeds: "
+             f"{', '.join(map(str, est.training_seeds))}",
+             "Documents per task and setting (per seed): "
+             + ", ".join(f"{task} {n}" for task, n in est.documents.items()),
+             "",
+             f"{'stage':<34} {'work':<28} {'estimate':>10}"]
+    for s in est.stages:
+        lines.append(f"{s.name:<34} {s.work:<28} {_fmt(s.seconds):>10}")
+    by_kind = {k: sum(s.seconds for s in est.stages if s.kind == k) for k in ("train", "eval")}
+    lines += ["", f"Estimated total: {_fmt(est.seconds)} (training {_fmt(by_kind['train'])}, evaluation "
+              f"{_fmt(by_kind['eval'])})" + (f"; preset says {cfg.expected_minutes:g} min on {cfg.hardware}"
+                                             if cfg.expected_minutes else ""),
+              (f"Peak memory of a training run: {est.memory_gib:.1f} GiB ({est.memory_note})"
+               if est.memory_gib is not None else f"Peak memory: {est.memory_note}"),
+              f"Constants: {est.source}"]
+    return "\n".join(lines)

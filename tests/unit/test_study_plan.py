@@ -1,0 +1,105 @@
+"""A study's plan before it runs: training seeds, learning-curve stages, and the dry run's arithmetic from the
+throughput constants (hand-computed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.settings import StudyConfig
+from harness.study_estimate import dry_run_text, estimate_study, memory
+from harness.study_stages import plan_stages
+
+THROUGHPUT = {"train_tokens_per_s": 100, "eval_documents_per_s": {"0": 10, "k": 5, "many": 2},
+              "stage_start_s": {"train": 20, "eval": 10}, "peak_memory_gib": 3.0, "source": "made up for a test"}
+
+
+def study(tmp_path: Path, **changes) -> StudyConfig:
+    base = dict(name="t", tasks=["sst2", "rte"], heldout=["cb"], probes=["arc_easy"],
+                arms=["base", "zero-shot", "manyicl"],
+                train={"max_seq_len": 100, "max_steps": 10, "max_tokens": 800},
+                eval={"shots": ["0", "4", "many"], "limit": 20, "seeds": 3}, output_dir=str(tmp_path / "s"),
+                throughput=THROUGHPUT)
+    return StudyConfig(**(base | changes))
+
+
+def test_dry_run_arithmetic_by_hand(tmp_path):
+    cfg = study(tmp_path)
+    est = estimate_study(cfg, documents={"sst2": 20, "rte": 20, "cb": 10, "arc_easy": 20})
+    by = {s.name: s for s in est.stages}
+    # training: the smaller budget binds (800 tokens < 10 steps x 100), 800 / 100 tokens/s + 20 s start
+    assert by["train:manyicl"].seconds == pytest.approx(28.0)
+    # evaluation: sst2, rte, cb at 0 (one seed), 4 and many (3 seeds), arc_easy at 0; 10 s start
+    docs = by["eval:manyicl"].documents
+    assert docs == {"sst2 @0": 20, "sst2 @4": 60, "sst2 @many": 60, "rte @0": 20, "rte @4": 60, "rte @many": 60,
+                    "cb @0": 10, "cb @4": 30, "cb @many": 30, "arc_easy @0": 20}
+    assert by["eval:manyicl"].seconds == pytest.approx(10 + 50 / 10 + 150 / 5 + 150 / 2 + 20 / 10)
+    assert by["eval:base"].seconds == by["eval:manyicl"].seconds
+    assert est.seconds == pytest.approx(3 * 122.0 + 2 * 28.0)
+    text = dry_run_text(cfg, est)
+    assert "demonstration seeds: 3 for k > 0, 1 at 0 shots" in text and "made up for a test" in text
+    assert "sst2 20, rte 20, cb 10, arc_easy 20" in text and "train:manyicl" in text
+    assert not (tmp_path / "s").exists()  # a dry run writes nothing
+
+
+def test_a_dedicated_run_trains_and_scores_once_per_task(tmp_path):
+    cfg = study(tmp_path, arms=["dedicated"])
+    est = estimate_study(cfg, documents={"sst2": 20, "rte": 20, "cb": 10, "arc_easy": 20})
+    by = {s.name: s for s in est.stages}
+    assert by["train:dedicated"].seconds == pytest.approx(2 * 28.0)
+    assert by["eval:dedicated"].documents["arc_easy @0"] == 40  # every per-task model scores the probe
+    assert "cb @0" not in by["eval:dedicated"].documents  # held-out tasks belong to the mixture's models
+
+
+def test_missing_constants_are_one_sentence(tmp_path):
+    with pytest.raises(HarnessError, match="no `throughput.train_tokens_per_s`"):
+        estimate_study(study(tmp_path, throughput={"eval_documents_per_s": {"0": 1, "k": 1, "many": 1}}), {})
+    with pytest.raises(HarnessError, match="`throughput.tokens` is unknown"):
+        estimate_study(study(tmp_path, throughput=THROUGHPUT | {"tokens": 1}), {})
+
+
+def test_memory_from_the_model_shape():
+    cfg = StudyConfig(train={"max_seq_len": 1000, "lora_r": 8, "gradient_checkpointing": True},
+                      throughput={"model_shape": {"params_b": 1.0, "layers": 10, "hidden": 100, "vocab": 1000,
+                                                  "lora_params_m": 10}})
+    gib, note = memory(cfg, cfg.throughput)
+    expected = (2e9 + 10e6 * 16 + 10 * 1000 * 100 * 2 + 1000 * 100 * 34 + 1000 * 1000 * 4 * 3) / 1024**3 + 2
+    assert gib == pytest.approx(expected) and note.startswith("computed")
+
+
+def test_training_seeds_give_one_run_per_arm_and_seed(tmp_path):
+    cfg = study(tmp_path, arms=["base", "manyicl"], train={"max_steps": 2, "seeds": [7, 8]})
+    stages = plan_stages(cfg)
+    assert [s.name for s in stages] == ["eval:base", "train:manyicl:seed7", "eval:manyicl:seed7",
+                                        "train:manyicl:seed8", "eval:manyicl:seed8", "report"]
+    assert stages[1].config["seed"] == 7 and "seeds" not in stages[1].config
+    assert stages[1].config["output_dir"].endswith("runs/manyicl-seed7")
+    assert stages[4].config["output_dir"].endswith("evals/manyicl-seed8")
+    single = plan_stages(study(tmp_path, arms=["manyicl"], train={"max_steps": 2, "seeds": [7]}))
+    assert [s.name for s in single] == ["train:manyicl", "eval:manyicl", "report"]
+    with pytest.raises(HarnessError, match="distinct integers"):
+        plan_stages(study(tmp_path, arms=["manyicl"], train={"max_steps": 2, "seeds": [7, 7]}))
+
+
+def test_curve_points_add_one_evaluation_each_outside_evals(tmp_path):
+    cfg = study(tmp_path, arms=["manyicl", "dedicated"], train={"max_steps": 4, "curve_points": [0.5, 1.0]},
+                curve_eval={"limit": 5})
+    stages = {s.name: s for s in plan_stages(cfg)}
+    half, full = stages["curve:manyicl@0.5"], stages["curve:manyicl@1"]
+    assert half.needs == ["train:manyicl"]
+    assert half.config["model"].endswith("runs/manyicl/curve/0.5") and full.config["model"].endswith("runs/manyicl")
+    assert half.config["output_dir"].endswith("curves/manyicl@0.5")
+    assert half.config["shots"] == ["many"] and half.config["seeds"] == 1 and half.config["limit"] == 5
+    assert half.config["probes"] is False and half.config["heldout"] == [] and half.config["method"] == "manyicl@0.5"
+    assert not any(name.startswith("curve:dedicated") for name in stages)
+
+
+def test_zero_shots_need_one_demonstration_seed():
+    from harness.evaluate import demonstration_seeds
+    from harness.settings import EvalConfig
+
+    cfg = EvalConfig(seeds=3, seed=10)
+    assert demonstration_seeds(cfg, "0") == [10]
+    assert demonstration_seeds(cfg, "4") == demonstration_seeds(cfg, "many") == [10, 11, 12]
