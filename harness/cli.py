@@ -145,6 +145,8 @@ def train(
     seed: SeedOpt = None,
     data_dir: DataDirOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir.")] = False,
+    num_processes: Annotated[int | None, typer.Option("--num-processes", help="Processes (GPUs) to train on; > 1 runs under accelerate launch.", rich_help_panel="Scale")] = None,
+    accelerate_config: Annotated[str | None, typer.Option("--accelerate-config", help="single-device | multi-gpu | fsdp | deepspeed-zero3, or a file.", rich_help_panel="Scale")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Fine-tune with one arm's sequences through TRL's SFTTrainer and save a run directory."""
@@ -156,12 +158,16 @@ def train(
         "max_steps": max_steps, "max_tokens": max_tokens, "max_targets": max_targets, "shots": shots,
         "lora_r": lora_r, "lora_merge": lora_merge, "learning_rate": learning_rate, "batch_size": batch_size,
         "grad_accum": grad_accum, "examples_per_task": examples_per_task, "format": fmt, "seed": seed,
-        "data_dir": data_dir, "resume": resume or None})
+        "data_dir": data_dir, "resume": resume or None,
+        "num_processes": num_processes, "accelerate_config": accelerate_config})  # scale
     if not cfg.budget_given:
         cfg.max_steps = 20
         err_console.print("[dim]No budget given: training for --max-steps 20.[/dim]")
     run_dir = run_training(cfg)
-    _print_run_summary(run_dir)
+    from train.distributed import is_main_process
+
+    if is_main_process():  # scale: one summary, not one per process
+        _print_run_summary(run_dir)
 
 
 @app.command()

@@ -59,6 +59,10 @@ class TrainConfig:
     output_dir: str | None = setting(None, "run directory; default results/runs/<utc>-<model>-<method>")
     resume: bool = setting(False, "continue an interrupted run in --output-dir from its last checkpoint")
     save_steps: int = setting(50, "checkpoint every N steps (for --resume)")
+    # scale (issue 11): processes and accelerate config; N > 1 re-launches under `accelerate launch`
+    num_processes: int = setting(1, "training processes (GPUs); > 1 re-launches under accelerate launch")
+    accelerate_config: str | None = setting(None, "accelerate config: a file or single-device | multi-gpu | fsdp | "
+                                            "deepspeed-zero3 (configs/accelerate/)")
 
     def __post_init__(self):
         self.tasks = split_list(self.tasks)

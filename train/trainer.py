@@ -16,6 +16,7 @@ from harness.errors import HarnessError
 from harness.models import ResolvedModel, resolve_model
 from harness.runs import base_manifest, new_run_dir, publish_dir, read_json, write_json, write_yaml
 from tasks.registry import TaskData, load_examples, parse_task_list
+from train import distributed
 from train.sequences import (
     METHODS,
     Budget,
@@ -90,7 +91,9 @@ def build_training_data(cfg: TrainConfig, renderer: Renderer, datasets: list[Tas
     """Pack every task, mix, place into rows, and take rows epoch by epoch until the budget is met."""
     if not cfg.budget_given:
         raise HarnessError("Give a training budget: --max-steps, --max-tokens or --max-targets.")
-    budget = Budget(cfg.max_steps, cfg.max_tokens, cfg.max_targets, rows_per_step=cfg.batch_size * cfg.grad_accum)
+    # scale: an optimizer step takes batch x grad_accum rows on each of the N processes
+    budget = Budget(cfg.max_steps, cfg.max_tokens, cfg.max_targets,
+                    rows_per_step=cfg.batch_size * cfg.grad_accum * cfg.num_processes)
     tokenized = {d.task.name: renderer.tokenize_examples(d.train) for d in datasets}
     first: list[TaskPacking] = []
 
@@ -136,6 +139,9 @@ def _check(cfg: TrainConfig) -> None:
 def run_training(cfg: TrainConfig) -> Path:
     """Train one arm (or, for `dedicated`, one model per task) and return the run directory."""
     _check(cfg)
+    if distributed.needs_launch(cfg):  # scale: --num-processes N > 1 re-runs this under `accelerate launch`
+        return distributed.launch_training(cfg)
+    distributed.adopt_world(cfg)  # scale: the launched world size, and one run directory for all ranks
     model = resolve_model(cfg.model)
     run_dir = Path(cfg.output_dir) if cfg.output_dir else new_run_dir("runs", model.name, cfg.method)
     manifest_path = run_dir / "manifest.json"
@@ -144,21 +150,27 @@ def run_training(cfg: TrainConfig) -> Path:
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
         raise HarnessError(f"Run directory {run_dir} already holds an unfinished run; pass --resume to continue it "
                            "or choose another --output-dir.")
+    distributed.check_resume(run_dir, cfg)  # scale
+    distributed.barrier()  # scale: every rank has checked the directory before rank 0 writes into it
     if cfg.method == "dedicated":
         return _run_dedicated(cfg, model, run_dir)
-    return _train_one(cfg, model, run_dir)
+    _train_one(cfg, model, run_dir)
+    distributed.barrier()  # scale: rank 0 has finished the run directory
+    return run_dir
 
 
 def _run_dedicated(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
     datasets = _load_train_tasks(cfg)  # fail early on bad task names
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / "config.yaml", to_dict(cfg))
+    if distributed.is_main_process():  # scale
+        write_yaml(run_dir / "config.yaml", to_dict(cfg))
     started = time.time()
     children = {}
     for data in datasets:
         sub = dataclasses.replace(cfg, method=cfg.dedicated_method, tasks=[data.task.name],
                                   output_dir=str(run_dir / data.task.name))
         _train_one(sub, model, run_dir / data.task.name)
+        distributed.barrier()  # scale: rank 0 has written the child's manifest
         children[data.task.name] = read_json(run_dir / data.task.name / "manifest.json")
     manifest = base_manifest(cfg.seed) | {
         "kind": "train", "method": "dedicated", "status": "complete", "model": model.path,
@@ -166,7 +178,8 @@ def _run_dedicated(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Pat
         "wall_time_s": round(time.time() - started, 1),
         "seen": {k: sum(c["seen"][k] for c in children.values()) for k in ("tokens", "targets", "examples")},
     }
-    write_json(run_dir / "manifest.json", manifest)
+    if distributed.is_main_process():  # scale
+        write_json(run_dir / "manifest.json", manifest)
     return run_dir
 
 
@@ -189,13 +202,14 @@ def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = to_dict(cfg) | {"format": fmt, "model_path": model.path, "model_adapter": model.adapter}
-    write_yaml(run_dir / "config.yaml", resolved)
-    write_json(run_dir / "data_stats.json", data.stats())
     manifest = base_manifest(cfg.seed) | {
         "kind": "train", "method": cfg.method, "status": "running", "model": model.path,
         "data_sources": {d.task.name: d.source for d in datasets},
     }
-    write_json(manifest_path, manifest)
+    if distributed.is_main_process():  # scale: only rank 0 writes the run directory
+        write_yaml(run_dir / "config.yaml", resolved)
+        write_json(run_dir / "data_stats.json", data.stats())
+        write_json(manifest_path, manifest)
 
     dataset = Dataset.from_dict({"input_ids": [r.input_ids for r in data.rows], "labels": [r.labels for r in data.rows],
                                  "seq_lengths": [r.seq_lengths for r in data.rows]})
@@ -241,11 +255,14 @@ def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
         shuffle_dataset=False,
         train_sampling_strategy="sequential",
         dataloader_num_workers=0,
+        include_num_input_tokens_seen="all",  # scale: the Trainer's own count, gathered over ranks (manifest)
     )
     log_path = run_dir / "train_log.jsonl"
 
     class LogToFile(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:  # scale: one log, rank 0's (losses are already gathered)
+                return
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
 
@@ -260,15 +277,12 @@ def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
 
     final = run_dir / "final"
     tmp = run_dir / "final.tmp"
-    if tmp.exists():
+    if tmp.exists() and distributed.is_main_process():
         shutil.rmtree(tmp)
-    saved = trainer.model
-    merged = False
-    if hasattr(saved, "merge_and_unload") and cfg.lora_merge:
-        saved = saved.merge_and_unload()
-        merged = True
-    saved = saved.to(torch.bfloat16)
-    saved.save_pretrained(tmp)
+    # scale: every rank calls it (FSDP/ZeRO-3 gather collectively); rank 0 saves, merged LoRA in bf16
+    merged = distributed.save_final_model(trainer, tmp, cfg.lora_merge)
+    if not distributed.is_main_process():
+        return run_dir  # scale: rank 0 finishes the run directory; `harness train` waits for every rank
     tokenizer.save_pretrained(tmp)
     info = {"method": cfg.method, "format": fmt, "base_model": model.path, "tasks": cfg.tasks,
             "max_seq_len": cfg.max_seq_len, "lora_r": cfg.lora_r, "lora_merged": merged,
@@ -285,6 +299,8 @@ def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
         "steps": result.global_step,
         "seen": {k: stats[k] for k in ("tokens", "trained_tokens", "targets", "examples", "rows")},
         "tokens_per_second": round(stats["tokens"] / max(train_seconds, 1e-9), 1),
+        "num_processes": cfg.num_processes,  # scale
+        "tokens_seen_by_trainer": trainer.state.num_input_tokens_seen,  # scale: summed over ranks by the Trainer
         "final_train_loss": _last_loss(log_path),
         "checkpoint": str(final),
         "checkpoint_kind": "adapter" if info["adapter_only"] else "full",
