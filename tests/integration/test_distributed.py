@@ -89,3 +89,35 @@ def test_a_config_that_would_launch_one_process_is_refused(tiny_model, tiny_data
     assert code == 2
     assert "distributed_type NO, which launches one process, not 2" in one_line(err)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_resumes_on_two_processes_where_it_stopped(runs, tiny_model, tiny_data, tmp_path):
+    """Interrupted after checkpoint 2 (one process x 2 rows), resumed on two processes x 1 row: the same global
+    batch, so it continues at step 3 on the same rows and ends where the uninterrupted runs ended."""
+    from transformers import Trainer
+
+    run = tmp_path / "run"
+    common = ["train", "--model", str(tiny_model), "--data-dir", str(tiny_data), "--tasks", "sst2,rte",
+              "--max-seq-len", "256", "--max-steps", str(STEPS), "--lr", "1e-3", "--seed", "7", "-o", str(run)]
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("save_steps: 1\n")
+    real_save = Trainer._save_checkpoint
+
+    def save_then_stop(self, *a, **kw):
+        real_save(self, *a, **kw)
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "_save_checkpoint", save_then_stop)
+        code, _, err = _harness([*common, "--config", str(settings), "--batch-size", "2"], mp)
+    assert code == 130, err
+    code, _, err = _harness([*common, "--config", str(settings), "--batch-size", "1", "--num-processes", "2",
+                             "--resume"])
+    assert code == 0, err
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["num_processes"] == 2
+    assert manifest["seen"] == json.loads((runs["one"] / "manifest.json").read_text())["seen"]
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, STEPS + 1)), "resumed at step 3"
+    assert _losses(run) == pytest.approx(_losses(runs["one"]), rel=1e-3)
