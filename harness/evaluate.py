@@ -57,6 +57,9 @@ class EvalConfig:
     output_dir: str | None = setting(None, "evaluation directory; default results/evals/<utc>-<model>")
     base_results: str | None = setting(None, "where the base model's probe scores are kept and reused; default a cache")
     data_dir: str | None = setting(None, "folder with the task data; default $HARNESS_DATA_DIR, else the hub")
+    # scale (issue 11): passed to the vLLM server this command starts (harness/shared_server.py)
+    tensor_parallel_size: int = setting(1, "vLLM: GPUs one model is split over")
+    data_parallel_size: int = setting(1, "vLLM: model replicas (refused with a LoRA adapter)")
 
     def __post_init__(self):
         for name in ("tasks", "shots", "heldout", "probe_tasks", "probe_shots"):
@@ -304,6 +307,9 @@ def run_lm_eval(task_names: list[str], include_path: Path, mut: ModelUnderTest, 
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from harness.shared_server import eval_server_args
+
+    parallel = eval_server_args(cfg, backend, mut.model.adapter)  # scale: vLLM TP/DP flags; refuses DP with LoRA
     logging.getLogger("lm_eval.evaluator").addFilter(_drop_chat_template_advice)
     manager = TaskManager(include_path=str(include_path), include_defaults=False)
     common = {"tasks": task_names, "task_manager": manager, "log_samples": True,
@@ -328,7 +334,7 @@ def run_lm_eval(task_names: list[str], include_path: Path, mut: ModelUnderTest, 
         return lm_eval.simple_evaluate(model=kind, model_args=args, **common)
     adapters = {mut.display_name: mut.model.adapter} if mut.model.adapter else None
     with vllm_server(mut.model.path, adapters=adapters, dtype=_dtype(cfg), max_model_len=max_length + 1,
-                     log_path=log_dir / "vllm_server.log") as handle:
+                     log_path=log_dir / "vllm_server.log", extra_args=parallel) as handle:  # scale: extra_args
         served = mut.display_name if adapters else handle.model_name
         kind, args = lm_eval_model_args(handle, tokenizer_path, max_length, model_name=served,
                                         num_concurrent=cfg.batch_size)
