@@ -125,3 +125,15 @@ def test_resume_keeps_the_rows_per_step(tmp_path):
     distributed.check_resume(tmp_path, TrainConfig(resume=True, batch_size=2, grad_accum=2, num_processes=1))
     with pytest.raises(HarnessError, match="4 rows per optimizer step .* not 2"):
         distributed.check_resume(tmp_path, TrainConfig(resume=True, batch_size=1, grad_accum=2, num_processes=1))
+
+
+def test_a_study_passes_processes_and_parallel_sizes_to_its_stages():
+    from harness.study import load_study, plan_stages
+
+    stages = plan_stages(load_study(None, "paper-8gpu-fsdp", {"output_dir": "/tmp/unused"}))
+    trains = [s for s in stages if s.kind == "train"]
+    evals = [s for s in stages if s.kind == "eval"]
+    assert trains and all(s.config["num_processes"] == 8 and s.config["accelerate_config"] == "fsdp" for s in trains)
+    assert evals and all(s.config["data_parallel_size"] == 8 for s in evals)
+    # each stage's settings file is what the child `harness train` reads, launch settings included
+    assert TrainConfig(**trains[0].config).num_processes == 8
