@@ -121,3 +121,20 @@ def test_a_run_resumes_on_two_processes_where_it_stopped(runs, tiny_model, tiny_
     rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, STEPS + 1)), "resumed at step 3"
     assert _losses(run) == pytest.approx(_losses(runs["one"]), rel=1e-3)
+
+
+def test_a_study_trains_its_arms_on_the_processes_it_names(tiny_model, tiny_data, tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "two-processes", "model": str(tiny_model), "tasks": ["sst2"], "probes": ["arc_easy"],
+        "arms": ["manyicl"],
+        "train": {"max_seq_len": 256, "max_steps": 2, "learning_rate": 0.001, "num_processes": 2},
+        "eval": {"shots": ["0"], "limit": 2, "backend": "hf", "dtype": "float32"}}))
+    root = tmp_path / "study"
+    code, _, err = _harness(["study", "--config", str(config), "--data-dir", str(tiny_data), "-o", str(root)])
+    assert code == 0, err[-3000:]
+    manifest = json.loads((root / "runs" / "manyicl" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["num_processes"] == 2 and manifest["steps"] == 2
+    assert manifest["seen"]["rows"] == 4  # 1 row x 2 processes per step
+    assert manifest["tokens_seen_by_trainer"] == manifest["seen"]["tokens"]  # counted over both ranks
+    assert (root / "evals" / "manyicl" / "summary.jsonl").exists()
