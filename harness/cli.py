@@ -296,7 +296,7 @@ def plot(
 @app.command()
 def study(
     config: Annotated[Path | None, typer.Option("--config", help="Study YAML (see harness/presets/).")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="smoke | demo | paper.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="smoke | demo | paper | paper-1gpu-lora | paper-8gpu-fsdp.")] = None,
     output_dir: Annotated[str | None, typer.Option("--output-dir", "-o", help="Study directory (default results/studies/<name>).")] = None,
     model: ModelOpt = None,
     data_dir: DataDirOpt = None,
