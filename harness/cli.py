@@ -164,9 +164,9 @@ def train(
         cfg.max_steps = 20
         err_console.print("[dim]No budget given: training for --max-steps 20.[/dim]")
     run_dir = run_training(cfg)
-    from train.distributed import is_main_process
+    from train.distributed import prints_summary
 
-    if is_main_process():  # scale: one summary, not one per process
+    if prints_summary():  # scale: one summary, not one per process
         _print_run_summary(run_dir)
 
 

@@ -47,6 +47,12 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def prints_summary() -> bool:
+    """Whether this process prints the run's summary: rank 0, unless the harness launched it (then the launching
+    `harness train` prints it once, after every rank has finished)."""
+    return is_main_process() and LAUNCHED_ENV not in os.environ
+
+
 def barrier() -> None:
     """Wait until every process gets here (nothing to wait for in a one-process run)."""
     if world_size() > 1:

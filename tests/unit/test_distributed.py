@@ -137,3 +137,13 @@ def test_a_study_passes_processes_and_parallel_sizes_to_its_stages():
     assert evals and all(s.config["data_parallel_size"] == 8 for s in evals)
     # each stage's settings file is what the child `harness train` reads, launch settings included
     assert TrainConfig(**trains[0].config).num_processes == 8
+
+
+def test_one_summary_per_run(monkeypatch):
+    monkeypatch.delenv(distributed.LAUNCHED_ENV, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    assert not distributed.prints_summary()
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.prints_summary()  # launched from outside (srun): rank 0 prints
+    monkeypatch.setenv(distributed.LAUNCHED_ENV, "2")
+    assert not distributed.prints_summary()  # the launching `harness train` prints instead
