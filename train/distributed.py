@@ -66,6 +66,8 @@ def barrier() -> None:
 
 def needs_launch(cfg: Any) -> bool:
     """Whether `harness train` must re-launch itself under `accelerate launch` (not when it already runs there)."""
+    if cfg.num_processes < 1:
+        raise HarnessError("--num-processes must be at least 1.")
     launched = LAUNCHED_ENV in os.environ or "WORLD_SIZE" in os.environ
     return not launched and (cfg.num_processes > 1 or cfg.accelerate_config is not None)
 
@@ -140,8 +142,6 @@ def launch_training(cfg: Any) -> Path:
     from harness.models import resolve_model
     from harness.runs import new_run_dir
 
-    if cfg.num_processes < 1:
-        raise HarnessError("--num-processes must be at least 1.")
     config_file = accelerate_config_path(cfg.accelerate_config)
     accelerate_settings = check_accelerate_config(config_file, cfg.num_processes)
     model = resolve_model(cfg.model)

@@ -99,6 +99,8 @@ def test_needs_launch_only_outside_a_launcher(monkeypatch):
     assert distributed.needs_launch(TrainConfig(num_processes=2))
     assert distributed.needs_launch(TrainConfig(accelerate_config="fsdp"))
     assert not distributed.needs_launch(TrainConfig())
+    with pytest.raises(HarnessError, match="at least 1"):
+        distributed.needs_launch(TrainConfig(num_processes=0))
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert not distributed.needs_launch(TrainConfig(num_processes=2))
 
