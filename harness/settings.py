@@ -76,6 +76,10 @@ class TrainConfig:
     report_to: list[str] = setting(["none"], "live logs through TRL: none | tensorboard | wandb (comma-separated)")
     eval_steps: int | None = setting(None, "validation loss every N steps, at the start and at the end")
     eval_examples_per_task: int | None = setting(None, "use at most this many validation examples per task")
+    # Issue 11: N > 1 re-launches `harness train` under `accelerate launch` (train/distributed.py).
+    num_processes: int = setting(1, "training processes (GPUs); > 1 re-launches under accelerate launch")
+    accelerate_config: str | None = setting(None, "accelerate config: a file or single-device | multi-gpu | fsdp | "
+                                            "deepspeed-zero3 (configs/accelerate/)")
 
     def __post_init__(self):
         self.tasks = split_list(self.tasks)
@@ -118,6 +122,9 @@ class EvalConfig:
     output_dir: str | None = setting(None, "evaluation directory; default results/evals/<utc>-<model>")
     base_results: str | None = setting(None, "where the base model's probe scores are kept and reused; default a cache")
     data_dir: str | None = setting(None, "folder with the task data; default $HARNESS_DATA_DIR, else the hub")
+    # Issue 11: passed to the vLLM server this command starts (harness/shared_server.py).
+    tensor_parallel_size: int = setting(1, "vLLM: GPUs one model is split over")
+    data_parallel_size: int = setting(1, "vLLM: model replicas (refused with a LoRA adapter)")
 
     def __post_init__(self):
         for name in ("tasks", "shots", "heldout", "probe_tasks", "probe_shots"):

@@ -339,7 +339,7 @@ def test_bad_study_file_is_one_clear_sentence(change, words, tmp_path):
 
 def test_unknown_preset_and_missing_study_file(tmp_path):
     code, _, err = _harness(["study", "--preset", "huge"])
-    assert code == 2 and "Unknown preset `huge`; choose one of demo, paper, smoke." in _one_line(err)
+    assert code == 2 and "Unknown preset `huge`; choose one of demo, paper, paper-1gpu-lora, paper-8gpu-fsdp, smoke." in _one_line(err)
     code, _, err = _harness(["study", "--config", str(tmp_path / "nope.yaml")])
     assert code == 2 and "does not exist" in err and "Traceback" not in err
     code, _, err = _harness(["study"])
