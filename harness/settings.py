@@ -78,8 +78,8 @@ class TrainConfig:
     eval_examples_per_task: int | None = setting(None, "use at most this many validation examples per task")
     # Issue 11: N > 1 re-launches `harness train` under `accelerate launch` (train/distributed.py).
     num_processes: int = setting(1, "training processes (GPUs); > 1 re-launches under accelerate launch")
-    accelerate_config: str | None = setting(None, "accelerate config: a file or single-device | multi-gpu | fsdp | "
-                                            "deepspeed-zero3 (configs/accelerate/)")
+    accelerate_config: str | None = setting(None, "Accelerate config file, or one shipped in configs/accelerate/: "
+                                            "single-device | multi-gpu | fsdp | deepspeed-zero3")
 
     def __post_init__(self):
         self.tasks = split_list(self.tasks)
@@ -123,8 +123,8 @@ class EvalConfig:
     base_results: str | None = setting(None, "where the base model's probe scores are kept and reused; default a cache")
     data_dir: str | None = setting(None, "folder with the task data; default $HARNESS_DATA_DIR, else the hub")
     # Issue 11: passed to the vLLM server this command starts (harness/shared_server.py).
-    tensor_parallel_size: int = setting(1, "vLLM: GPUs one model is split over")
-    data_parallel_size: int = setting(1, "vLLM: model replicas (refused with a LoRA adapter)")
+    tensor_parallel_size: int = setting(1, "GPUs one model is split over (vLLM tensor parallelism)")
+    data_parallel_size: int = setting(1, "model replicas (vLLM data parallelism; refused with a LoRA adapter)")
 
     def __post_init__(self):
         for name in ("tasks", "shots", "heldout", "probe_tasks", "probe_shots"):
