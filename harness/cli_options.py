@@ -57,6 +57,8 @@ EvalStepsOpt = Annotated[int | None, _from(TrainConfig, "eval_steps", "--eval-st
 CurvePointsOpt = Annotated[str | None, _from(TrainConfig, "curve_points", "--curve-points", panel="Logging")]
 EvalExamplesOpt = Annotated[int | None, _from(TrainConfig, "eval_examples_per_task", "--eval-examples-per-task",
                                           panel="Logging")]
+NumProcessesOpt = Annotated[int | None, _from(TrainConfig, "num_processes", "--num-processes", panel="Scale")]
+AccelerateConfigOpt = Annotated[str | None, _from(TrainConfig, "accelerate_config", "--accelerate-config", panel="Scale")]
 
 # --------------------------------------------------------------------------- harness evaluate
 EvalTasksOpt = Annotated[str | None, _from(EvalConfig, "tasks", "--tasks")]
@@ -77,6 +79,9 @@ LimitOpt = Annotated[int | None, _from(EvalConfig, "limit", "--limit")]
 MaxLengthOpt = Annotated[int | None, _from(EvalConfig, "max_length", "--max-length")]
 EvalFormatOpt = Annotated[str | None, _from(EvalConfig, "format", "--format", panel="Data")]
 EvalMethodOpt = Annotated[str | None, _from(EvalConfig, "method", "--method")]
+TensorParallelOpt = Annotated[int | None, _from(EvalConfig, "tensor_parallel_size", "--tensor-parallel-size",
+                                            panel="Scale")]
+DataParallelOpt = Annotated[int | None, _from(EvalConfig, "data_parallel_size", "--data-parallel-size", panel="Scale")]
 
 # --------------------------------------------------------------------------- harness study
 StudyOutputOpt = Annotated[str | None, _from(StudyConfig, "output_dir", "--output-dir", "-o")]

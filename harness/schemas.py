@@ -86,7 +86,7 @@ class TrainManifest(Provenance):
 
     _OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({
         "data_sources", "models", "train_time_s", "steps", "tokens_per_second", "checkpoint", "checkpoint_kind",
-        "wall_time_s", "seen", "final_train_loss", "curve"})
+        "wall_time_s", "seen", "final_train_loss", "curve", "tokens_seen_by_trainer"})
 
     kind: str = "train"
     method: str  # the arm
@@ -102,6 +102,8 @@ class TrainManifest(Provenance):
     # seen up to that step
     curve: list[dict[str, Any]] | None = None
     tokens_per_second: float | None = None
+    num_processes: int = 1  # processes trained together; rows per optimizer step = batch x grad_accum x this
+    tokens_seen_by_trainer: int | None = None  # the Trainer's own count of input tokens, summed over ranks
     final_train_loss: float | None = None  # last logged loss; None when nothing was logged
     final_eval_loss: float | None = None  # last validation loss (--eval-steps); None when not measured
     checkpoint: str | None = None  # the final/ folder

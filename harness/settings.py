@@ -79,6 +79,10 @@ class TrainConfig:
     eval_examples_per_task: int | None = setting(None, "use at most this many validation examples per task")
     curve_points: list[float] = setting([], "keep the model at these fractions of the budget's steps (e.g. 0.25,0.5) "
                                         "as finished folders under curve/, for learning curves")
+    # Issue 11: N > 1 re-launches `harness train` under `accelerate launch` (train/distributed.py).
+    num_processes: int = setting(1, "training processes (GPUs); > 1 re-launches under accelerate launch")
+    accelerate_config: str | None = setting(None, "Accelerate config file, or one shipped in configs/accelerate/: "
+                                            "single-device | multi-gpu | fsdp | deepspeed-zero3")
 
     def __post_init__(self):
         self.tasks = split_list(self.tasks)
@@ -124,6 +128,9 @@ class EvalConfig:
     output_dir: str | None = setting(None, "evaluation directory; default results/evals/<utc>-<model>")
     base_results: str | None = setting(None, "where the base model's probe scores are kept and reused; default a cache")
     data_dir: str | None = setting(None, "folder with the task data; default $HARNESS_DATA_DIR, else the hub")
+    # Issue 11: passed to the vLLM server this command starts (harness/shared_server.py).
+    tensor_parallel_size: int = setting(1, "GPUs one model is split over (vLLM tensor parallelism)")
+    data_parallel_size: int = setting(1, "model replicas (vLLM data parallelism; refused with a LoRA adapter)")
 
     def __post_init__(self):
         for name in ("tasks", "shots", "heldout", "probe_tasks", "probe_shots"):

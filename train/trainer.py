@@ -17,6 +17,7 @@ from harness.runs import new_run_dir, publish_dir, write_json, write_yaml
 from harness.schemas import CheckpointInfo, Provenance, TrainManifest, is_complete
 from harness.settings import CURVE_DIR, METHODS, TRAIN_ARMS, TrainConfig, to_dict
 from tasks.registry import TaskData, load_examples, parse_task_list
+from train import distributed
 from train.sequences import (
     Budget,
     Renderer,
@@ -75,7 +76,9 @@ def build_training_data(cfg: TrainConfig, renderer: Renderer, datasets: list[Tas
     """Pack every task, mix, place into rows, and take rows epoch by epoch until the budget is met."""
     if not cfg.budget_given:
         raise HarnessError("Give a training budget: --max-steps, --max-tokens or --max-targets.")
-    budget = Budget(cfg.max_steps, cfg.max_tokens, cfg.max_targets, rows_per_step=cfg.batch_size * cfg.grad_accum)
+    # an optimizer step takes batch x grad_accum rows on each of the N processes
+    budget = Budget(cfg.max_steps, cfg.max_tokens, cfg.max_targets,
+                    rows_per_step=cfg.batch_size * cfg.grad_accum * cfg.num_processes)
     tokenized = {d.task.name: renderer.tokenize_examples(d.train) for d in datasets}
     first: list[TaskPacking] = []
 
@@ -159,6 +162,9 @@ def _check(cfg: TrainConfig) -> None:
 def run_training(cfg: TrainConfig) -> Path:
     """Train one arm (or, for `dedicated`, one model per task) and return the run directory."""
     _check(cfg)
+    if distributed.needs_launch(cfg):  # --num-processes N > 1 re-runs this under `accelerate launch`
+        return distributed.launch_training(cfg)
+    distributed.adopt_world(cfg)  # the launched world size, and one run directory for all ranks
     model = resolve_model(cfg.model)
     run_dir = Path(cfg.output_dir) if cfg.output_dir else new_run_dir("runs", model.name, cfg.method)
     if is_complete(run_dir):
@@ -166,28 +172,35 @@ def run_training(cfg: TrainConfig) -> Path:
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
         raise HarnessError(f"Run directory {run_dir} already holds an unfinished run; pass --resume to continue it "
                            "or choose another --output-dir.")
+    distributed.check_resume(run_dir, cfg)
+    distributed.barrier()  # every rank has checked the directory before rank 0 writes into it
     if cfg.method == "dedicated":
         return _run_dedicated(cfg, model, run_dir)
-    return _train_one(cfg, model, run_dir)
+    _train_one(cfg, model, run_dir)
+    distributed.barrier()  # rank 0 has finished the run directory
+    return run_dir
 
 
 def _run_dedicated(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
     datasets = _load_train_tasks(cfg)  # fail early on bad task names
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / "config.yaml", to_dict(cfg))
+    if distributed.is_main_process():
+        write_yaml(run_dir / "config.yaml", to_dict(cfg))
     started = time.time()
     children = {}
     for data in datasets:
         sub = dataclasses.replace(cfg, method=cfg.dedicated_method, tasks=[data.task.name],
                                   output_dir=str(run_dir / data.task.name))
         _train_one(sub, model, run_dir / data.task.name)
+        distributed.barrier()  # rank 0 has written the child's manifest
         children[data.task.name] = TrainManifest.read(run_dir / data.task.name / "manifest.json")
-    TrainManifest(
-        **Provenance.now(cfg.seed), method="dedicated", status="complete", model=model.path,
-        models={name: str(run_dir / name / "final") for name in children},
-        wall_time_s=round(time.time() - started, 1),
-        seen={k: sum(c.seen[k] for c in children.values()) for k in ("tokens", "targets", "examples")},  # type: ignore[index]
-    ).write(run_dir / "manifest.json")
+    if distributed.is_main_process():
+        TrainManifest(
+            **Provenance.now(cfg.seed), method="dedicated", status="complete", model=model.path,
+            models={name: str(run_dir / name / "final") for name in children},
+            wall_time_s=round(time.time() - started, 1), num_processes=cfg.num_processes,
+            seen={k: sum(c.seen[k] for c in children.values()) for k in ("tokens", "targets", "examples")},  # type: ignore[index]
+        ).write(run_dir / "manifest.json")
     return run_dir
 
 
@@ -217,8 +230,10 @@ def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     train_seconds = time.time() - train_started
     info = _save_final(trainer, cfg, model, run_dir, prepared)
+    if info is None:
+        return run_dir  # the other ranks: rank 0 alone closes the run directory
     _finish_run(cfg, manifest, run_dir, prepared, info, steps=result.global_step, started=started,
-                train_seconds=train_seconds)
+                train_seconds=train_seconds, tokens_seen_by_trainer=trainer.state.num_input_tokens_seen)
     return run_dir
 
 
@@ -239,17 +254,19 @@ def _start_run(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepared: 
     """The resolved settings, the data's numbers and a `running` manifest, before the long part starts."""
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = to_dict(cfg) | {"format": prepared.format, "model_path": model.path, "adapter": model.adapter}
-    write_yaml(run_dir / "config.yaml", resolved)
     stats = prepared.data.stats()
     eval_rows = prepared.eval_rows
     if eval_rows:
         stats["validation"] = {"rows": len(eval_rows), "tokens": sum(r.num_tokens for r in eval_rows),
                                "targets": sum(r.num_targets for r in eval_rows),
                                "examples": sum(r.num_examples for r in eval_rows)}
-    write_json(run_dir / "data_stats.json", stats)
     manifest = TrainManifest(**Provenance.now(cfg.seed), method=cfg.method, status="running", model=model.path,
-                             data_sources={d.task.name: d.source for d in prepared.datasets})
-    manifest.write(run_dir / "manifest.json")
+                             data_sources={d.task.name: d.source for d in prepared.datasets},
+                             num_processes=cfg.num_processes)
+    if distributed.is_main_process():  # only rank 0 writes the run directory
+        write_yaml(run_dir / "config.yaml", resolved)
+        write_json(run_dir / "data_stats.json", stats)
+        manifest.write(run_dir / "manifest.json")
     return manifest
 
 
@@ -317,11 +334,14 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
         shuffle_dataset=False,
         train_sampling_strategy="sequential",
         dataloader_num_workers=0,
+        include_num_input_tokens_seen="all",  # the Trainer's own count, gathered over ranks (manifest)
     )
     log_path = run_dir / "train_log.jsonl"
 
     class LogToFile(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:  # one log, rank 0's (losses are already gathered)
+                return
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
 
@@ -331,7 +351,7 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
         def on_step_end(self, args, state, control, model=None, **kwargs):
             fraction = points.get(state.global_step)
             # the whole budget's point is final/; every earlier fraction gets its folder, even on the last step
-            if fraction is not None and fraction < 1 and model is not None:
+            if fraction is not None and fraction < 1 and model is not None and state.is_world_process_zero:
                 _save_curve_point(model, cfg, model_info=model_ref, run_dir=run_dir, prepared=prepared,
                                   fraction=fraction)
 
@@ -383,7 +403,7 @@ def _curve_entries(cfg: TrainConfig, run_dir: Path, prepared: _Prepared, steps: 
     order, so the first step x rows-per-step rows are exactly what it saw). The last point is final/."""
     if not cfg.curve_points:
         return None
-    per_step = cfg.batch_size * cfg.grad_accum
+    per_step = cfg.batch_size * cfg.grad_accum * cfg.num_processes  # rows per optimizer step, all ranks
     entries = []
     for step, fraction in sorted(curve_steps(cfg, steps).items()):
         path = run_dir / "final" if fraction >= 1 else curve_folder(run_dir, fraction)
@@ -394,22 +414,18 @@ def _curve_entries(cfg: TrainConfig, run_dir: Path, prepared: _Prepared, steps: 
     return entries
 
 
-def _save_final(trainer, cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepared: _Prepared) -> CheckpointInfo:
+def _save_final(trainer, cfg: TrainConfig, model: ResolvedModel, run_dir: Path,
+                prepared: _Prepared) -> CheckpointInfo | None:
     """The trained model (LoRA merged when asked) in bf16 with its tokenizer and checkpoint info, published
-    atomically as final/; intermediate checkpoints are removed."""
-    import torch
-
+    atomically as final/; intermediate checkpoints are removed. None on every rank but 0, which writes nothing."""
     final = run_dir / "final"
     tmp = run_dir / "final.tmp"
-    if tmp.exists():
+    if tmp.exists() and distributed.is_main_process():
         shutil.rmtree(tmp)
-    saved = trainer.model
-    merged = False
-    if hasattr(saved, "merge_and_unload") and cfg.lora_merge:
-        saved = saved.merge_and_unload()
-        merged = True
-    saved = saved.to(torch.bfloat16)
-    saved.save_pretrained(tmp)
+    # every rank calls it (FSDP/ZeRO-3 gather collectively); rank 0 saves, merged LoRA in bf16
+    merged = distributed.save_final_model(trainer, tmp, cfg.lora_merge)
+    if not distributed.is_main_process():
+        return None  # rank 0 finishes the run directory; `harness train` waits for every rank
     prepared.tokenizer.save_pretrained(tmp)
     info = CheckpointInfo(method=cfg.method, format=prepared.format, base_model=model.path, tasks=cfg.tasks,
                           max_seq_len=cfg.max_seq_len, lora_r=cfg.lora_r, lora_merged=merged,
@@ -421,14 +437,14 @@ def _save_final(trainer, cfg: TrainConfig, model: ResolvedModel, run_dir: Path, 
 
 
 def _finish_run(cfg: TrainConfig, manifest: TrainManifest, run_dir: Path, prepared: _Prepared, info: CheckpointInfo,
-                *, steps: int,
-                started: float, train_seconds: float) -> None:
+                *, steps: int, started: float, train_seconds: float, tokens_seen_by_trainer: int) -> None:
     stats = prepared.data.stats()
     done = dataclasses.replace(
         manifest, status="complete", wall_time_s=round(time.time() - started, 1),
         train_time_s=round(train_seconds, 1), steps=steps,
         seen={k: stats[k] for k in ("tokens", "trained_tokens", "targets", "examples", "rows")},
         tokens_per_second=round(stats["tokens"] / max(train_seconds, 1e-9), 1),
+        tokens_seen_by_trainer=tokens_seen_by_trainer,  # summed over ranks by the Trainer
         final_train_loss=_last_loss(run_dir / "train_log.jsonl"),
         final_eval_loss=_last_loss(run_dir / "train_log.jsonl", "eval_loss"), checkpoint=str(run_dir / "final"),
         checkpoint_kind="adapter" if info.adapter_only else "full", curve=_curve_entries(cfg, run_dir, prepared, steps))

@@ -353,7 +353,8 @@ def test_bad_study_file_is_one_clear_sentence(change, words, tmp_path):
 
 def test_unknown_preset_and_missing_study_file(tmp_path):
     code, _, err = _harness(["study", "--preset", "huge"])
-    assert code == 2 and "Unknown preset `huge`; choose one of demo, demo-full, paper, smoke." in _one_line(err)
+    assert code == 2 and ("Unknown preset `huge`; choose one of demo, demo-full, paper, paper-1gpu-lora, "
+                          "paper-8gpu-fsdp, smoke.") in _one_line(err)
     code, _, err = _harness(["study", "--config", str(tmp_path / "nope.yaml")])
     assert code == 2 and "does not exist" in err and "Traceback" not in err
     code, _, err = _harness(["study"])
@@ -365,8 +366,9 @@ def test_every_preset_is_a_valid_study():
     from harness.study_estimate import estimate_study
     from harness.study_stages import plan_stages
 
-    assert study_presets() == ["demo", "demo-full", "paper", "smoke"]
-    assert sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")) == ["demo", "demo-full", "paper", "recipe-sweep", "smoke"]
+    assert study_presets() == ["demo", "demo-full", "paper", "paper-1gpu-lora", "paper-8gpu-fsdp", "smoke"]
+    assert sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")) == ["demo", "demo-full", "paper", "paper-1gpu-lora",
+                                                                 "paper-8gpu-fsdp", "recipe-sweep", "smoke"]
     for name in study_presets():
         cfg = load_study(None, name, {"output_dir": "/tmp/unused"})
         stages = plan_stages(cfg)

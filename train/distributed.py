@@ -1,0 +1,233 @@
+"""Training on several processes: `harness train --num-processes N` re-launches itself under `accelerate launch`;
+the trainer asks here which rank it is, waits for the others, and saves the model once, from rank 0.
+
+How the rows are shared (transformers 5.19 + accelerate 1.15, read from their sources): with
+`train_sampling_strategy="sequential"` the Trainer builds a plain `SequentialSampler`, and `accelerator.prepare`
+wraps its batch sampler in `BatchSamplerShard(split_batches=False)`: rank r takes micro-batches r, r+N, r+2N, ...
+of `batch_size` rows each. The rows of optimizer step t are therefore rows [t*B, (t+1)*B) with
+B = batch_size x grad_accum x N, exactly the rows a one-process run with the same B takes at step t. Every rank
+builds the same rows from the same seed, and the budget rounds the row count down to whole steps of B, so
+accelerate never pads the last batch with repeated rows (`even_batches`): each row is trained on once, and the
+counts taken over all rows are the sum over ranks. The loss is averaged over the tokens of all ranks
+(`average_tokens_across_devices`, on by default), so the gradient equals the one-process gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import HarnessError
+
+ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+DEFAULT_MULTI_PROCESS_CONFIG = "multi-gpu"
+# Set by the re-launching parent: its children must not launch again, and must find the world it asked for.
+LAUNCHED_ENV = "HARNESS_LAUNCHED_PROCESSES"
+
+
+def world_size() -> int:
+    """Processes training together, as the launcher (torchrun under `accelerate launch`) exported it; else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Only this process writes the run directory (config, manifest, logs, the final model)."""
+    return rank() == 0
+
+
+def prints_summary() -> bool:
+    """Whether this process prints the run's summary: rank 0, unless the harness launched it (then the launching
+    `harness train` prints it once, after every rank has finished)."""
+    return is_main_process() and LAUNCHED_ENV not in os.environ
+
+
+def barrier() -> None:
+    """Wait until every process gets here (nothing to wait for in a one-process run)."""
+    if world_size() > 1:
+        import torch
+        from accelerate import PartialState
+
+        # The first PartialState fixes the backend for the whole process; pass the same `cpu` flag the trainer's
+        # TrainingArguments(use_cpu=...) will, so CPU runs get gloo and GPU runs NCCL.
+        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
+
+
+def needs_launch(cfg: Any) -> bool:
+    """Whether `harness train` must re-launch itself under `accelerate launch` (not when it already runs there)."""
+    if cfg.num_processes < 1:
+        raise HarnessError("--num-processes must be at least 1.")
+    launched = LAUNCHED_ENV in os.environ or "WORLD_SIZE" in os.environ
+    return not launched and (cfg.num_processes > 1 or cfg.accelerate_config is not None)
+
+
+def accelerate_config_path(name_or_path: str | None) -> Path:
+    """A shipped config by name (configs/accelerate/<name>.yaml) or a file path; default the multi-GPU (DDP) one."""
+    name = name_or_path or DEFAULT_MULTI_PROCESS_CONFIG
+    shipped = ACCELERATE_CONFIGS / f"{name}.yaml"
+    if shipped.exists():
+        return shipped
+    path = Path(name).expanduser()
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
+        raise HarnessError(f"Accelerate config `{name}` is neither a file nor a shipped config ({known}); "
+                           "pass one of those names or a path from `accelerate config`.")
+    return path
+
+
+def _read_accelerate_config(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise HarnessError(f"Accelerate config {path} is not valid YAML ({getattr(err, 'problem', err)}).") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"Accelerate config {path} must be a mapping of settings.")
+    return data
+
+
+def check_accelerate_config(path: Path, num_processes: int) -> dict[str, Any]:
+    """Refuse combinations where `accelerate launch` would silently start one process instead of N."""
+    data = _read_accelerate_config(path)
+    kind = str(data.get("distributed_type", "NO")).upper()
+    if num_processes > 1 and kind == "NO":
+        raise HarnessError(f"Accelerate config {path} has distributed_type NO, which launches one process, not "
+                           f"{num_processes}; use configs/accelerate/multi-gpu.yaml (or fsdp, deepspeed-zero3).")
+    if num_processes > 1 and data.get("use_cpu"):
+        # accelerate's launcher sends --cpu / use_cpu runs to its single-process launcher unless mpirun is set up.
+        raise HarnessError(f"Accelerate config {path} sets use_cpu, with which `accelerate launch` starts one "
+                           f"process, not {num_processes}; drop use_cpu (the harness trains on CPU by itself "
+                           "where there is no GPU, with gloo between processes).")
+    return data
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_command(config_file: Path, num_processes: int, train_config: Path,
+                   machine: dict[str, Any] | None = None) -> list[str]:
+    """`python -m accelerate.commands.launch ... -m harness.cli train --config FILE`.
+
+    On a CPU this still uses the multi-GPU launcher (torchrun): `--cpu` would start one process. Each process then
+    trains on the CPU (TrainingArguments use_cpu, gloo between ranks) because it finds no GPU.
+    """
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+           "--num_processes", str(num_processes)]
+    machine = machine or {}
+    if int(machine.get("num_machines", 1) or 1) == 1:
+        cmd += ["--main_process_port", str(_free_port())]  # tests and several runs on one box must not collide
+    return cmd + ["-m", "harness.cli", "train", "--config", str(train_config)]
+
+
+def launch_training(cfg: Any) -> Path:
+    """Run `cfg` on `cfg.num_processes` processes under `accelerate launch`; returns the run directory.
+
+    The model and the run directory are resolved here, once: N processes must not each convert the default model
+    or each pick their own timestamped directory.
+    """
+    from harness.models import resolve_model
+    from harness.runs import new_run_dir
+    from harness.settings import to_dict
+
+    config_file = accelerate_config_path(cfg.accelerate_config)
+    accelerate_settings = check_accelerate_config(config_file, cfg.num_processes)
+    model = resolve_model(cfg.model)
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else new_run_dir("runs", model.name, cfg.method)
+    child = dataclasses.replace(cfg, output_dir=str(run_dir))
+    with tempfile.TemporaryDirectory(prefix="harness-launch-") as tmp:
+        train_config = Path(tmp) / "train.yaml"
+        train_config.write_text(yaml.safe_dump(to_dict(child), sort_keys=False), encoding="utf-8")
+        cmd = launch_command(config_file, cfg.num_processes, train_config, accelerate_settings)
+        code = subprocess.call(cmd, env=os.environ | {LAUNCHED_ENV: str(cfg.num_processes)})
+    if code != 0:
+        raise HarnessError(f"Training on {cfg.num_processes} processes under accelerate launch failed with exit "
+                           f"code {code}; the processes' own error is above.")
+    return run_dir
+
+
+def adopt_world(cfg: Any) -> None:
+    """In a launched process: check the world is the one asked for and record its size in `cfg.num_processes`.
+
+    Several processes must agree on one run directory, so a launch from outside the harness (srun + accelerate
+    launch) must name it.
+    """
+    size = world_size()
+    asked = os.environ.get(LAUNCHED_ENV)
+    if asked is not None and int(asked) != size:
+        raise HarnessError(f"accelerate launch started {size} process(es), not the {asked} asked for; check "
+                           "distributed_type and num_processes in the accelerate config.")
+    if size > 1 and not cfg.output_dir:
+        raise HarnessError(f"Training on {size} processes needs --output-dir, so every process writes the same "
+                           "run directory.")
+    cfg.num_processes = size
+
+
+def check_resume(run_dir: Path, cfg: Any) -> None:
+    """A resumed run must keep its rows per optimizer step (batch x grad_accum x processes): the rows and the
+    checkpoint's position in them depend on it."""
+    previous = run_dir / "config.yaml"
+    if not (cfg.resume and previous.exists()):
+        return
+    old = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
+    before = int(old.get("batch_size", 1)) * int(old.get("grad_accum", 1)) * int(old.get("num_processes", 1))
+    now = cfg.batch_size * cfg.grad_accum * cfg.num_processes
+    if before != now:
+        raise HarnessError(f"{run_dir} was trained with {before} rows per optimizer step (batch x grad-accum x "
+                           f"processes), not {now}; resume with the same product.")
+
+
+def save_final_model(trainer: Any, target: Path, merge_lora: bool) -> bool:
+    """Save the trained model to `target` in bf16 from rank 0; returns whether a LoRA adapter was merged in.
+
+    Every rank must call it. One process or DDP: every rank holds the whole model, rank 0 saves it. FSDP or
+    DeepSpeed ZeRO-3: the full state dict is gathered collectively first; a LoRA adapter is then saved as an
+    adapter and, when merging, rank 0 merges it into the base weights on the CPU.
+    """
+    import torch
+
+    sharded = bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
+    model = trainer.model
+    is_peft = hasattr(model, "merge_and_unload")
+    if not sharded:
+        if not is_main_process():
+            return is_peft and merge_lora
+        saved = model.merge_and_unload() if is_peft and merge_lora else model
+        saved.to(torch.bfloat16).save_pretrained(target)
+        return is_peft and merge_lora
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective: all ranks
+    if is_main_process():
+        state_dict = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state_dict.items()}
+        model.save_pretrained(target, state_dict=state_dict)
+        if is_peft and merge_lora:
+            _merge_saved_adapter(target, model.peft_config["default"].base_model_name_or_path)
+    barrier()
+    return is_peft and merge_lora
+
+
+def _merge_saved_adapter(folder: Path, base: str) -> None:
+    """Replace the adapter in `folder` by the base model with the adapter merged in (bf16, on the CPU)."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = folder.with_name(folder.name + ".adapter")
+    folder.rename(adapter)
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16),
+                                       adapter).merge_and_unload()
+    merged.save_pretrained(folder)
+    shutil.rmtree(adapter)
