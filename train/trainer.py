@@ -323,7 +323,9 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
     class LogToFile(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             with open(log_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+                # `time` (Unix seconds) lets steady-state throughput be read from the log (bench/train_throughput.py).
+                handle.write(json.dumps({"step": state.global_step, "time": round(time.time(), 3), **(logs or {})})
+                             + "\n")
 
     trainer = SFTTrainer(model=lm, args=args, train_dataset=dataset,
                          eval_dataset=as_dataset(eval_rows) if eval_rows else None,
