@@ -51,7 +51,7 @@ def _hardware() -> str:
     return f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}; torch {torch.__version__}"
 
 
-def bare_limit(model_path: str, length: int, lora_r: int, steps: int, warmup: int) -> dict:
+def bare_limit(model_path: str, length: int, lora_r: int, steps: int, warmup: int, batch_size: int = 1) -> dict:
     """Tokens/s of the bare training step on full rows of random tokens, with the trainer's dtype policy."""
     import contextlib
 
@@ -76,7 +76,7 @@ def bare_limit(model_path: str, length: int, lora_r: int, steps: int, warmup: in
     generator = torch.Generator().manual_seed(0)
     times = []
     for _ in range(warmup + steps):
-        row = torch.randint(0, vocab, (1, length), generator=generator).to(device)
+        row = torch.randint(0, vocab, (batch_size, length), generator=generator).to(device)
         started = time.perf_counter()
         with autocast:
             loss = lm(input_ids=row, labels=row, use_cache=False).loss
@@ -89,19 +89,19 @@ def bare_limit(model_path: str, length: int, lora_r: int, steps: int, warmup: in
     steady = times[warmup:]
     attn = lm.config._attn_implementation
     del lm, optimizer
-    return {"tokens_per_s": round(length * len(steady) / sum(steady), 1), "step_s": [round(t, 3) for t in times],
+    return {"tokens_per_s": round(batch_size * length * len(steady) / sum(steady), 1), "step_s": [round(t, 3) for t in times],
             "attn_implementation": attn}
 
 
 def trainer_run(model: str | None, tasks: str, method: str, length: int, lora_r: int, steps: int, warmup: int,
-                data_dir: str | None, out: Path) -> dict:
+                data_dir: str | None, out: Path, batch_size: int = 1) -> dict:
     """One `harness train` run; its rates read back from the manifest and the per-step log."""
     from harness.runs import read_json
     from harness.settings import TrainConfig
     from train.trainer import run_training
 
     cfg = TrainConfig(method=method, model=model, tasks=tasks, max_seq_len=length, max_steps=steps, lora_r=lora_r,
-                      shots=4, output_dir=str(out), data_dir=data_dir)
+                      shots=4, output_dir=str(out), data_dir=data_dir, batch_size=batch_size)
     run = run_training(cfg)
     manifest = read_json(run / "manifest.json")
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
@@ -121,7 +121,7 @@ def trainer_run(model: str | None, tasks: str, method: str, length: int, lora_r:
         "trainer_tokens_per_s": manifest["tokens_per_second"],
         "end_to_end_tokens_per_s": round(seen["tokens"] / manifest["wall_time_s"], 1),
         "train_time_s": manifest["train_time_s"], "wall_time_s": manifest["wall_time_s"],
-        "step_s": [round(b[0] - a[0], 3) for a, b in zip(timed, timed[1:])],
+        "step_s": [round(b[0] - a[0], 3) for a, b in zip(timed, timed[1:], strict=False)],
     }
 
 
@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="1024,2048")
     parser.add_argument("--steps", type=int, default=None, help="trainer steps per run (default 8; --quick 5)")
     parser.add_argument("--warmup-steps", type=int, default=2, help="first steps left out of the steady state")
+    parser.add_argument("--batch-size", type=int, default=1, help="rows per step (trainer and limit)")
     parser.add_argument("--no-lora", action="store_true")
     parser.add_argument("--json", default=None, help="write every figure here")
     parser.add_argument("--random-smollm2-shape", action="store_true",
@@ -157,7 +158,7 @@ def main() -> None:
 
     model_path = resolve_model(args.model).path
     started = time.time()
-    results: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    results: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                      "command": shlex.join([sys.executable, *sys.argv]), "hardware": _hardware(),
                      "model": model_path, "tasks": args.tasks, "steps": steps, "warmup_steps": args.warmup_steps,
                      "limit": {}, "runs": {}}
@@ -165,14 +166,14 @@ def main() -> None:
         for lora in loras:
             kind = f"LoRA r{lora}" if lora else "full"
             limit = bare_limit(model_path, length, lora, steps=max(3, steps - args.warmup_steps),
-                               warmup=args.warmup_steps)
+                               warmup=args.warmup_steps, batch_size=args.batch_size)
             results["limit"][f"{length}/{kind}"] = limit
             print(f"limit {length} {kind}: {limit['tokens_per_s']} tokens/s ({limit['attn_implementation']})",
                   flush=True)
             for label, method in ARMS:
                 out = workdir / "runs" / f"{method}-{length}-{lora}"
                 run = trainer_run(args.model, args.tasks, method, length, lora, steps, args.warmup_steps, data_dir,
-                                  out)
+                                  out, args.batch_size)
                 run["ratio_to_limit"] = round(run["steady_tokens_per_s"] / limit["tokens_per_s"], 3)
                 results["runs"][f"{label}/{length}/{kind}"] = run
                 print(f"  {label:13} steady {run['steady_tokens_per_s']:7.1f} tokens/s "
@@ -190,6 +191,7 @@ def _print_table(results: dict, lengths: list[int], loras: list[int]) -> None:
     print("| rows | tuning | arm | limit tok/s | steady tok/s | steady/limit | trainer tok/s | end-to-end tok/s "
           "| targets/s | padding |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    summary = []
     for length in lengths:
         for lora in loras:
             kind = f"LoRA r{lora}" if lora else "full"
@@ -200,10 +202,11 @@ def _print_table(results: dict, lengths: list[int], loras: list[int]) -> None:
                       f"{r['ratio_to_limit']:.2f} | {r['trainer_tokens_per_s']} | {r['end_to_end_tokens_per_s']} | "
                       f"{r['steady_targets_per_s']} | {r['padding']:.1%} |")
             few = results["runs"][f"few-shot k=4/{length}/{kind}"]["steady_targets_per_s"]
-            many = results["runs"][f"manyicl/{length}/{kind}"]["steady_targets_per_s"]
-            print(f"\n{length} {kind}: ManyICL targets/s over few-shot targets/s = {many / max(few, 1e-9):.1f}x; "
-                  f"trainer/limit (ManyICL, steady) = "
-                  f"{results['runs'][f'manyicl/{length}/{kind}']['ratio_to_limit']:.2f} (goal >= 0.85)\n")
+            many = results["runs"][f"manyicl/{length}/{kind}"]
+            summary.append(f"{length} {kind}: trainer/limit (ManyICL, steady) {many['ratio_to_limit']:.2f} "
+                           f"(goal >= 0.85); ManyICL targets/s over few-shot targets/s "
+                           f"{many['steady_targets_per_s'] / max(few, 1e-9):.1f}x")
+    print("\n" + "\n".join(summary))
     print(f"wall time {results['wall_time_s']} s")
 
 
