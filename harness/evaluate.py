@@ -19,6 +19,7 @@ import yaml
 
 from harness.errors import HarnessError
 from harness.lm_eval_bridge import (
+    PREFIX_CACHE_KEY,
     choose_backend,
     lm_eval_dtype,
     run_lm_eval,
@@ -167,6 +168,10 @@ def _score(todo: list[tuple[TaskDef, str, str, int]], cfg: EvalConfig, mut: Mode
     timing = {"tasks": sorted({t.name for t, _, _, _ in todo}), "shots": sorted({s for _, _, s, _ in todo}),
               "backend": backend, "documents": n_docs, "skipped_documents": skipped, "seconds": round(seconds, 3),
               "documents_per_second": round(n_docs / max(seconds, 1e-9), 3)}
+    if PREFIX_CACHE_KEY in results:
+        # vLLM's prefix-cache use during the call, as its /metrics reported it: generation requests read the
+        # cache, log-likelihood requests (they ask for prompt log-probs) skip it.
+        timing["prefix_cache"] = results[PREFIX_CACHE_KEY]
     return _collect(results, prompt_sets, mut, backend, renderer.format, max_length, out), timing
 
 

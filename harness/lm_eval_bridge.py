@@ -148,7 +148,9 @@ def _run_vllm(call: ScoringCall) -> dict[str, Any]:
         handle = ExternalServer(cfg.server_url.rstrip("/"), os.environ.get("OPENAI_API_KEY", ""),
                                 cfg.served_model or mut.model.path)
         kind, args = serve.lm_eval_model_args(handle, tokenizer_path, max_length, num_concurrent=cfg.batch_size)
-        return lm_eval.simple_evaluate(model=kind, model_args=args, **call.common)
+        # Someone else's server: its counters may also count other clients' requests made meanwhile.
+        return _with_prefix_cache(handle.base_url.removesuffix("/v1"), handle.api_key,
+                                  lambda: lm_eval.simple_evaluate(model=kind, model_args=args, **call.common))
     adapters = {mut.display_name: mut.model.adapter} if mut.model.adapter else None
     parallel = eval_server_args(cfg, mut.model.adapter)  # before the server starts (refuses DP with LoRA)
     with serve.vllm_server(mut.model.path, adapters=adapters, dtype=lm_eval_dtype(cfg), max_model_len=max_length + 1,
@@ -158,7 +160,21 @@ def _run_vllm(call: ScoringCall) -> dict[str, Any]:
         kind, args = serve.lm_eval_model_args(handle, tokenizer_path, max_length, model_name=served,
                                               num_concurrent=serve.lora_concurrency(cfg.batch_size, bool(adapters)))
         with serve.api_key_env(handle.api_key):
-            return lm_eval.simple_evaluate(model=kind, model_args=args, **call.common)
+            return _with_prefix_cache(handle.root_url, handle.api_key,
+                                      lambda: lm_eval.simple_evaluate(model=kind, model_args=args, **call.common))
+
+
+PREFIX_CACHE_KEY = "harness_prefix_cache"  # in run_lm_eval's result: vLLM's prefix-cache use during the call
+
+
+def _with_prefix_cache(root_url: str, api_key: str, evaluate: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run the lm-eval call between two readings of the server's prefix-cache counters; the difference (queried
+    and hit tokens, hit rate) goes into the result under PREFIX_CACHE_KEY (None where /metrics did not answer)."""
+    before = serve.prefix_cache_counters(root_url, api_key)
+    results = evaluate()
+    if results is not None:
+        results[PREFIX_CACHE_KEY] = serve.prefix_cache_usage(before, serve.prefix_cache_counters(root_url, api_key))
+    return results
 
 
 def eval_server_args(cfg: EvalConfig, adapter: str | None) -> list[str]:

@@ -164,6 +164,9 @@ def server_command(model_path: str, *, port: int, served_name: str,
                 *(f"{name}={Path(path).expanduser().resolve()}" for name, path in adapters.items())]
     if fast_start:
         cmd.append("--enforce-eager")
+    # [prefix cache] Explicit, not left to the model's default: every document of a (task, shots, seed) setting
+    # shares its demonstrations, so generation reuses them; log-likelihood requests (prompt_logprobs) bypass it.
+    cmd.append("--enable-prefix-caching")
     return cmd + list(extra_args)
 
 
@@ -295,6 +298,42 @@ def _wait_until_ready(handle: ServerHandle, deadline: float) -> None:
                 pass
             detail = last_meaningful_line(log_path) or str(body)[:300]
             raise HarnessError(f"The vLLM server started but could not run {name} ({detail}); see {log_path}.")
+
+
+# [prefix cache] vLLM's Prometheus counters (vllm/v1/metrics/loggers.py), in tokens; prometheus_client adds `_total`.
+_PREFIX_CACHE_COUNTERS = {"queries": "vllm:prefix_cache_queries", "hits": "vllm:prefix_cache_hits"}
+
+
+def parse_prefix_cache_counters(metrics_text: str) -> dict[str, float]:
+    """The prefix cache's query and hit counters (tokens) in a Prometheus text exposition, summed over engines."""
+    totals = dict.fromkeys(_PREFIX_CACHE_COUNTERS, 0.0)
+    for line in metrics_text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0].removesuffix("_total")
+        for key, counter in _PREFIX_CACHE_COUNTERS.items():
+            if name == counter:
+                totals[key] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def prefix_cache_counters(root_url: str, api_key: str, timeout: float = 10) -> dict[str, float] | None:
+    """The server's prefix-cache counters now (`root_url` without /v1), or None where /metrics does not answer."""
+    request = urllib.request.Request(f"{root_url}/metrics", headers={"Authorization": f"Bearer {api_key}"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return parse_prefix_cache_counters(response.read().decode("utf-8", errors="replace"))
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+        return None
+
+
+def prefix_cache_usage(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
+    """Queried and hit tokens between two readings, and the hit rate (None where either reading is missing)."""
+    if before is None or after is None:
+        return None
+    queries, hits = after["queries"] - before["queries"], after["hits"] - before["hits"]
+    return {"queried_tokens": queries, "hit_tokens": hits, "hit_rate": round(hits / queries, 4) if queries else 0.0}
 
 
 class _StartFailed(Exception):

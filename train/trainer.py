@@ -270,6 +270,32 @@ def _start_run(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepared: 
     return manifest
 
 
+def fused_head_on_trained_positions_only() -> bool:
+    """[throughput] Make TRL's fused LM head project only the positions that carry a label, on CPU as on CUDA.
+
+    TRL 1.16 (trl/trainer/utils.py, `add_fused_lm_head`) scores only labelled positions where Triton runs and
+    every position elsewhere, to keep tile shapes fixed for compiling backends (Neuron). Nothing is compiled on
+    CPU, and there the other positions (every input token: most of a ManyICL row, nearly all of a few-shot one)
+    cost the 49k-vocabulary projection twice (forward and its recomputation in backward), its gradient, and the
+    per-token entropy and accuracy folds, all to be multiplied by zero: same loss, same gradients, same logged
+    metrics without them. Applied once per process; returns whether TRL still has the switch (a guard test fails
+    when it does not, and training then simply runs at TRL's own speed)."""
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        return False
+    if getattr(original, "harness_compact_on_cpu", False):
+        return True
+
+    def compact_on_cpu(device) -> bool:
+        return device.type == "cpu" or original(device)
+
+    compact_on_cpu.harness_compact_on_cpu = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = compact_on_cpu
+    return True
+
+
 def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepared: _Prepared):
     """TRL's SFTTrainer over the pre-built rows, with the model (and LoRA) loaded for this device."""
     import torch
@@ -299,6 +325,7 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r, lora_dropout=0.05,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
 
+    fused_head_on_trained_positions_only()  # [throughput]
     steps = prepared.data.steps
     args = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
@@ -338,12 +365,23 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
     )
     log_path = run_dir / "train_log.jsonl"
 
+    class NoCheckpointAtTheEnd(TrainerCallback):
+        # [throughput] transformers saves a checkpoint (weights and optimizer state: ~1.6 GB for SmolLM2) at the
+        # last step, which _save_final deletes seconds later once final/ is written; the save only cost time.
+        # Runs after transformers' DefaultFlowCallback, so it has the last word on `should_save`.
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+            return control
+
     class LogToFile(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero:  # one log, rank 0's (losses are already gathered)
                 return
             with open(log_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+                # `time` (Unix seconds) lets steady-state throughput be read from the log (bench/train_throughput.py).
+                handle.write(json.dumps({"step": state.global_step, "time": round(time.time(), 3), **(logs or {})})
+                             + "\n")
 
     points = curve_steps(cfg, steps)
 
@@ -359,7 +397,7 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
     trainer = SFTTrainer(model=lm, args=args, train_dataset=dataset,
                          eval_dataset=as_dataset(eval_rows) if eval_rows else None,
                          processing_class=prepared.tokenizer, peft_config=peft_config,
-                         callbacks=[LogToFile(), SaveCurvePoints()])
+                         callbacks=[LogToFile(), SaveCurvePoints(), NoCheckpointAtTheEnd()])
     _tensorboard_into(trainer, run_dir / TENSORBOARD_DIR)
     return trainer
 

@@ -189,6 +189,29 @@ def test_interrupted_run_is_refused_without_resume_and_continues_with_it(base_ar
     assert not (run / "checkpoints").exists()
 
 
+def test_checkpoints_are_saved_every_save_steps_but_not_at_the_last_step(base_args, tmp_path):
+    """final/ is written right after the last step and checkpoints/ deleted, so a checkpoint there would only cost
+    time (~1.6 GB of weights and optimizer state for SmolLM2); the ones --resume needs stay."""
+    from transformers import Trainer
+
+    run = tmp_path / "run"
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("save_steps: 2\ntasks: [sst2]\n")
+    real_save = Trainer._save_checkpoint
+    saved: list[int] = []
+
+    def recording_save(self, *a, **kw):
+        saved.append(self.state.global_step)
+        return real_save(self, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "_save_checkpoint", recording_save)
+        code, _, err = _harness([*base_args, "--config", str(settings), "--max-steps", "4", "-o", str(run)])
+    assert code == 0, err
+    assert saved == [2]
+    assert (run / "final" / "model.safetensors").exists() and not (run / "checkpoints").exists()
+
+
 def test_foreign_files_in_the_output_dir_are_refused(base_args, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -167,3 +167,52 @@ def test_sequences_side_by_side_do_not_leak(tiny_model, tiny_data, attn):
     ours_alone = _token_losses(alone_a, labels[:len_a]).sum() + _token_losses(alone_b, labels[len_a:]).sum()
     assert float(ours) == pytest.approx(float(ours_alone), rel=1e-5)
     assert float(ours) > 0
+
+
+# --------------------------------------------------------------------------- the fused head on labelled positions
+
+
+def test_cpu_fused_head_scores_only_labelled_positions_with_the_same_loss_and_gradients(spied, monkeypatch):
+    """train/trainer.py makes TRL's fused LM head project only labelled positions on CPU (as TRL does on CUDA).
+    The guard: TRL still has the switch, the head then sees only the labelled positions, and loss, gradients and
+    the logged entropy and accuracy equal TRL's own all-positions path (fp32)."""
+    import trl.trainer.utils as trl_utils
+
+    from train.trainer import fused_head_on_trained_positions_only
+
+    assert fused_head_on_trained_positions_only(), "TRL no longer exposes `_use_triton` in trl.trainer.utils"
+    trainer = spied["trainer"]
+    model = trainer.model.float().train()
+    row = next(r for r in spied["data"].rows if len(r.seq_lengths) >= 2)
+    batch = trainer.data_collator([{"input_ids": row.input_ids, "labels": row.labels,
+                                    "seq_lengths": row.seq_lengths}])
+    real = trl_utils._ChunkedLogProbFunction
+    projected: list[int] = []
+
+    class Counting:
+        @staticmethod
+        def apply(hidden, *args):
+            projected.append(hidden.shape[0])
+            return real.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
+
+    def loss_grads_metrics():
+        model.zero_grad(set_to_none=True)
+        trainer._metrics["train"].clear()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k in ("entropy", "mean_token_accuracy")}
+        return float(loss), grads, metrics
+
+    compact = loss_grads_metrics()
+    monkeypatch.setattr(trl_utils, "_use_triton", lambda device: False)  # TRL's own CPU behaviour
+    every = loss_grads_metrics()
+    n_labelled = int((batch["labels"][0, 1:] != IGNORE_INDEX).sum())
+    assert projected == [n_labelled, len(row.input_ids) - 1] and n_labelled < len(row.input_ids) // 2
+    assert compact[0] == pytest.approx(every[0], rel=1e-6)
+    assert compact[1].keys() == every[1].keys() and compact[1]
+    for name, grad in compact[1].items():
+        torch.testing.assert_close(grad, every[1][name], atol=1e-6, rtol=1e-5)
+    assert compact[2] == pytest.approx(every[2], rel=1e-6) and set(compact[2]) == {"entropy", "mean_token_accuracy"}
