@@ -3,10 +3,12 @@ top of its key/value cache (`model="harness-prefix"`), with the same tokens and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from lm_eval.models.utils import (
 from tqdm import tqdm
 from transformers import DynamicCache
 
+from harness.cascade_attention import ATTN_IMPLEMENTATION, prefix_keys_values
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,9 @@ CALL_OVERHEAD_TOKENS = 16
 # fewer runs the attention kernel on slivers: on a 2-core CPU, 8 documents of 65 tokens over a 2,000-token prefix
 # cost 2.6 ms per document per layer against 3.7 for 2 and 4.0 for 32 (bench/RESULTS.md).
 PACK_TOKENS = 512
+# Packed documents are grouped into spans of about this many tokens for the suffix part of cascade attention, so
+# it runs over each span's own square instead of the whole row's mostly masked one.
+SUFFIX_BLOCK_TOKENS = 128
 # Recursion over the sorted requests stops splitting below this depth (a chain of ever longer prefixes).
 _MAX_SPLIT_DEPTH = 200
 
@@ -46,10 +52,23 @@ class UnsupportedRequest(HarnessError, NotImplementedError):
 
 @dataclass
 class Group:
-    """Token sequences that share their first `prefix_len` tokens: the prefix is run once for all of them."""
+    """Token sequences that share their first `prefix_len` tokens: the prefix is run once for all of them.
+
+    Groups nest: a child's prefix extends its parent's (documents of a `many` setting that fit one more
+    demonstration than the rest share that one too), so a child's cache is its parent's plus the extension, run
+    once. `members` are scored directly behind this group's prefix; `children` hold the rest.
+    """
 
     prefix_len: int
     members: list[int] = field(default_factory=list)  # indices into the sequences given to `group_by_prefix`
+    children: list[Group] = field(default_factory=list)
+
+    def any_member(self) -> int:
+        """One sequence that holds this group's prefix (a group with no direct members has children)."""
+        return self.members[0] if self.members else self.children[0].any_member()
+
+    def all_members(self) -> list[int]:
+        return self.members + [i for child in self.children for i in child.all_members()]
 
 
 def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
@@ -62,42 +81,51 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
 
 def group_by_prefix(seqs: Sequence[Sequence[int]], caps: Sequence[int],
                     overhead: int = CALL_OVERHEAD_TOKENS) -> list[Group]:
-    """Split token sequences into groups that each share one prefix, choosing the split that needs the fewest token
-    positions computed (each group pays its prefix once, plus `overhead` per forward call).
+    """Arrange token sequences in a tree of shared prefixes, choosing the tree that needs the fewest token positions
+    computed (each group pays its prefix's extension over its parent's once, plus `overhead` per forward call; each
+    sequence pays its tokens beyond its group's prefix).
 
     `caps[i]` bounds how much of sequence i may be in a shared prefix (its first position whose output is needed
     must stay outside, so its logits are computed). Sorted sequences sharing a prefix sit side by side, and the
-    longest prefix of a run is the smallest common prefix of its neighbours, so splitting at the smallest
-    neighbour prefix, recursively, finds the best grouping on that tree.
+    longest prefix of a run is the smallest common prefix of its neighbours, so a run either becomes one group at
+    that prefix (its parts then nest inside it), stays behind the parent's prefix, or splits where its neighbours
+    share least, recursively. The top level lists root groups; sequences that share nothing worth caching come
+    last, in one group of prefix length 0.
     """
     if not seqs:
         return []
     order = sorted(range(len(seqs)), key=lambda i: tuple(seqs[i]))
     neighbour = [_lcp(seqs[order[j]], seqs[order[j + 1]]) for j in range(len(order) - 1)]
-    lengths = [len(seqs[i]) for i in order]
     capped = [caps[i] for i in order]
     prefix_sums = [0]
-    for n in lengths:
-        prefix_sums.append(prefix_sums[-1] + n)
+    for i in order:
+        prefix_sums.append(prefix_sums[-1] + len(seqs[i]))
+    memo: dict[tuple[int, int, int], tuple[int, list[int], list[Group]]] = {}
 
-    def best(a: int, b: int, depth: int) -> tuple[int, list[Group]]:
-        total = prefix_sums[b] - prefix_sums[a]
-        if b - a == 1:
-            return total + overhead, [Group(0, [order[a]])]
-        shared = min(min(neighbour[a:b - 1]), min(capped[a:b]))
-        whole = shared + total - (b - a) * shared + 2 * overhead
-        as_one = (whole, [Group(shared, [order[i] for i in range(a, b)])])
-        if depth >= _MAX_SPLIT_DEPTH:
-            return as_one
-        cut = min(range(a, b - 1), key=lambda j: neighbour[j])
-        left_cost, left = best(a, cut + 1, depth + 1)
-        right_cost, right = best(cut + 1, b, depth + 1)
-        return as_one if whole <= left_cost + right_cost else (left_cost + right_cost, left + right)
+    def best(a: int, b: int, base: int, depth: int) -> tuple[int, list[int], list[Group]]:
+        """(cost, members left behind `base`, child groups) for the sorted run [a, b) given a computed prefix of
+        `base` tokens."""
+        if (a, b, base) in memo:
+            return memo[a, b, base]
+        flat = (prefix_sums[b] - prefix_sums[a] - (b - a) * base, [order[i] for i in range(a, b)], [])
+        options = [flat]
+        if b - a > 1 and depth < _MAX_SPLIT_DEPTH:
+            low = min(neighbour[a:b - 1])
+            shared = min(low, min(capped[a:b]))
+            if shared > base:
+                cost, members, children = best(a, b, shared, depth + 1)
+                options.append((cost + shared - base + 2 * overhead, [], [Group(shared, members, children)]))
+            bounds = [a] + [j + 1 for j in range(a, b - 1) if neighbour[j] == low] + [b]
+            cost, members, children = 0, [], []
+            for start, end in pairwise(bounds):
+                part_cost, part_members, part_children = best(start, end, base, depth + 1)
+                cost, members, children = cost + part_cost, members + part_members, children + part_children
+            options.append((cost, members, children))
+        memo[a, b, base] = min(options, key=lambda option: option[0])
+        return memo[a, b, base]
 
-    groups = best(0, len(order), 0)[1]
-    # sequences that share nothing worth caching still share a batch
-    unshared = [i for g in groups if g.prefix_len == 0 for i in g.members]
-    return [g for g in groups if g.prefix_len > 0] + ([Group(0, unshared)] if unshared else [])
+    _, unshared, roots = best(0, len(order), 0, 0)
+    return roots + ([Group(0, unshared)] if unshared else [])
 
 
 def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
@@ -144,7 +172,18 @@ class PrefixScorerLM(HFLM):
             raise HarnessError("The prefix scorer supports full-attention models only (this one has sliding-window "
                                "layers); use --backend hf.")
         self._kv_per_token = kv_bytes_per_token(self.model.config, self._param_dtype)
+        self._cascade = self._use_cascade_attention()
         self.stats: dict[str, int] = defaultdict(int)  # positions computed, prefixes run: read by the benchmark
+
+    def _use_cascade_attention(self) -> bool:
+        """Switch this scorer's own model from SDPA to cascade attention (harness/cascade_attention.py), which is
+        SDPA itself except inside the packed forwards. Models on another implementation (eager, flash kernels) keep
+        it and get the full-mask path."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if getattr(base.config, "_attn_implementation", None) != "sdpa" or not base._can_set_attn_implementation():
+            return False
+        base.set_attn_implementation(ATTN_IMPLEMENTATION)
+        return base.config._attn_implementation == ATTN_IMPLEMENTATION
 
     # -- sizes
 
@@ -173,15 +212,33 @@ class PrefixScorerLM(HFLM):
 
     # -- the forward passes
 
-    def _prefix_cache(self, tokens: list[int]) -> DynamicCache | None:
+    def _prefix_cache(self, tokens: list[int], parent: DynamicCache | None = None,
+                      parent_len: int = 0) -> DynamicCache | None:
+        """The cache of `tokens`, computed on top of `parent` (the cache of its first `parent_len` tokens) when
+        given; `parent` itself is only read."""
         if not tokens:
             return None
-        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        new = tokens[parent_len:]
+        ids = torch.tensor([new], dtype=torch.long, device=self.device)
+        positions = torch.arange(parent_len, len(tokens), device=self.device).unsqueeze(0)
+        past = self._expand(parent, 1) if parent is not None else None
         with torch.no_grad(), self._autocast():
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        self.stats["prefix_positions"] += len(tokens)
+            out = self.model(input_ids=ids, position_ids=positions, past_key_values=past, use_cache=True,
+                             logits_to_keep=1)
+        self.stats["prefix_positions"] += len(new)
         self.stats["prefixes"] += 1
         return out.past_key_values
+
+    def _walk(self, groups: list[Group], seqs: list[list[int]], parent: DynamicCache | None = None,
+              parent_len: int = 0) -> Iterator[tuple[Group, DynamicCache | None]]:
+        """Every group with its prefix's cache, parents before children; a child's cache extends its parent's,
+        and each cache is dropped once its subtree is done."""
+        for group in groups:
+            cache = (self._prefix_cache(seqs[group.any_member()][:group.prefix_len], parent, parent_len)
+                     if group.prefix_len > parent_len else parent)
+            yield group, cache
+            yield from self._walk(group.children, seqs, cache, group.prefix_len)
+            del cache
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
@@ -222,7 +279,9 @@ class PrefixScorerLM(HFLM):
         elem = torch.finfo(self._param_dtype).bits // 8
         hidden, inter = text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size)
         width = prefix_len + tokens
-        return (width * self._kv_per_token + tokens * elem * (6 * hidden + 3 * inter)
+        # cascade attention reads the shared prefix in place; the full-mask path concatenates a copy of it
+        cached = tokens if self._cascade else width
+        return (cached * self._kv_per_token + tokens * elem * (6 * hidden + 3 * inter)
                 + text.num_attention_heads * tokens * width * 4 + tokens * width * elem
                 + kept * text.vocab_size * (elem + 4))
 
@@ -233,26 +292,37 @@ class PrefixScorerLM(HFLM):
         what it would alone, and no document needs its own copy of the prefix's keys and values. Returns the
         logits at the `needed` suffix positions of every document, and each document's rows in them."""
         total = sum(len(s) for s in suffixes)
-        allowed = torch.zeros((total, prefix_len + total), dtype=torch.bool)
-        allowed[:, :prefix_len] = True
+        # With cascade attention the mask covers the packed tokens only: every one of them sees the whole prefix.
+        offset = 0 if self._cascade else prefix_len
+        allowed = torch.zeros((total, offset + total), dtype=torch.bool)
+        allowed[:, :offset] = True
         keep: list[int] = []
         columns: list[list[int]] = []
+        blocks: list[tuple[int, int]] = []
         start = 0
         for suffix, need in zip(suffixes, needed, strict=True):
             n = len(suffix)
-            allowed[start:start + n, prefix_len + start:prefix_len + start + n] = torch.ones((n, n), dtype=torch.bool).tril()
+            if blocks and start + n - blocks[-1][0] <= SUFFIX_BLOCK_TOKENS:
+                blocks[-1] = (blocks[-1][0], start + n)
+            else:
+                blocks.append((start, start + n))
+            allowed[start:start + n, offset + start:offset + start + n] = torch.ones((n, n), dtype=torch.bool).tril()
             columns.append(list(range(len(keep), len(keep) + len(need))))
             keep += [start + p for p in need]
             start += n
         dtype = self._param_dtype
         # An additive mask (0 or the dtype's minimum) reads the same in the eager and the SDPA attention paths.
-        mask = torch.zeros((1, 1, total, prefix_len + total), dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        mask = torch.zeros((1, 1, total, offset + total), dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
         ids = torch.tensor([[t for s in suffixes for t in s]], dtype=torch.long, device=self.device)
         positions = torch.cat([torch.arange(prefix_len, prefix_len + len(s)) for s in suffixes]).unsqueeze(0)
+        inputs = {"input_ids": ids, "attention_mask": mask.to(self.device), "position_ids": positions.to(self.device),
+                  "logits_to_keep": torch.tensor(keep, device=self.device)}
         with torch.no_grad(), self._autocast():
-            out = self.model(input_ids=ids, attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
-                             past_key_values=self._expand(prefix, 1), use_cache=True,
-                             logits_to_keep=torch.tensor(keep, device=self.device))
+            if self._cascade:
+                with prefix_keys_values(prefix, blocks) if prefix is not None else contextlib.nullcontext():
+                    out = self.model(**inputs, use_cache=False)
+            else:
+                out = self.model(**inputs, past_key_values=self._expand(prefix, 1), use_cache=True)
         self.stats["suffix_positions"] += total
         self.stats["forward_calls"] += 1
         return out.logits[0], columns
@@ -290,9 +360,8 @@ class PrefixScorerLM(HFLM):
             waiting[index[key]].append(n)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         pbar = tqdm(total=len(seqs), disable=disable_tqdm or self.rank != 0, desc="Prefix-cached loglikelihood")
-        for group in groups:
+        for group, prefix in self._walk(groups, seqs):
             P = group.prefix_len
-            prefix = self._prefix_cache(seqs[group.members[0]][:P])
             members = sorted(group.members, key=lambda i: -len(seqs[i]))
             done = 0
             while done < len(members):
@@ -317,7 +386,6 @@ class PrefixScorerLM(HFLM):
                         self.cache_hook.add_partial("loglikelihood", requests[n][0], results[n])
                 done += len(batch)
                 pbar.update(len(batch))
-            del prefix
         pbar.close()
 
         assert None not in results, "every request belongs to exactly one group"
@@ -373,8 +441,8 @@ class PrefixScorerLM(HFLM):
                 raise HarnessError(f"max_gen_toks {max_gen_toks} leaves no room for a context in max_length "
                                    f"{self.max_length}; raise --max-length.")
             contexts = [self._context_tokens(requests[n].args[0], max_ctx_len) for n in members]
-            for group in group_by_prefix(contexts, [len(c) - 1 for c in contexts]):
-                for n, text in self._generate_group(contexts, group, until, max_gen_toks).items():
+            for group, prefix in self._walk(group_by_prefix(contexts, [len(c) - 1 for c in contexts]), contexts):
+                for n, text in self._generate_group(contexts, group, prefix, until, max_gen_toks).items():
                     request = requests[members[n]]
                     results[members[n]] = text
                     self.cache_hook.add_partial("generate_until", request.args, text)
@@ -382,15 +450,14 @@ class PrefixScorerLM(HFLM):
         pbar.close()
         return [r if r is not None else "" for r in results]
 
-    def _generate_group(self, contexts: list[list[int]], group: Group, until: list[str],
-                        max_gen_toks: int) -> dict[int, str]:
+    def _generate_group(self, contexts: list[list[int]], group: Group, prefix: DynamicCache | None,
+                        until: list[str], max_gen_toks: int) -> dict[int, str]:
         """Greedy decoding of one group's contexts from their shared prefix, a budget-sized batch at a time.
 
         Rows are right-padded after the prefix; each row's new tokens take the next cache slot with its own true
         position id, and its padding slots stay masked, so every row computes what it would alone.
         """
         P = group.prefix_len
-        prefix = self._prefix_cache(contexts[group.members[0]][:P])
         members = sorted(group.members, key=lambda i: -len(contexts[i]))
         eos = self._eos_ids()
         out: dict[int, str] = {}

@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tasks.formats", "tasks.registry", "harness.models"),
     ("train.sequences", "train.distributed"),
     ("harness.prompts", "harness.serve", "harness.backend_choice", "harness.leaderboard", "harness.plots", "harness.claims",
-     "train.trainer", "harness.preview", "harness.prefix_scorer"),
+     "train.trainer", "harness.preview", "harness.prefix_scorer", "harness.cascade_attention"),
     ("harness.lm_eval_bridge", "harness.report", "harness.study_display", "harness.study_stages"),
     ("harness.evaluate",),
     ("harness.study", "harness.study_estimate", "harness.shared_server"),

@@ -72,3 +72,26 @@ def test_auto_backend():
     assert auto_backend({"multiple_choice"}, on_gpu=True, vllm_ok=True)[0] == "prefix"
     assert auto_backend({"generation"}, on_gpu=True, vllm_ok=True)[0] == "vllm"
     assert auto_backend({"generation"}, on_gpu=True, vllm_ok=False)[0] == "prefix"
+
+
+def test_documents_fitting_one_more_demonstration_share_it_in_a_nested_group():
+    """`many`: most documents fit 44 demonstrations, some 45; the 45th is computed once for those, as a child
+    group whose prefix extends the common one, not once per document."""
+    demos = list(range(1000, 1450))  # 45 demonstrations of 10 tokens
+    seqs = [demos[:440] + [1, q, 2, 3] for q in range(10, 16)] + [demos + [1, q, 2] for q in range(20, 26)]
+    groups = group_by_prefix(seqs, [len(s) - 1 for s in seqs])
+    assert len(groups) == 1
+    root = groups[0]
+    # the common part stops where the queries (token 1) and the 45th demonstration (token 1440) begin
+    assert root.prefix_len == 440
+    assert sorted(root.members) == list(range(6))
+    assert [(child.prefix_len, sorted(child.members)) for child in root.children] == [(451, list(range(6, 12)))]
+    assert sorted(root.all_members()) == list(range(12))
+
+
+def test_a_single_longer_document_does_not_get_its_own_group():
+    """One document with an extra demonstration gains nothing from its own prefix (it would pay a forward call)."""
+    demos = list(range(1000, 1450))
+    seqs = [demos[:440] + [1, q, 2] for q in range(10, 16)] + [demos + [1, 30, 2]]
+    groups = group_by_prefix(seqs, [len(s) - 1 for s in seqs])
+    assert [(g.prefix_len, sorted(g.members), g.children) for g in groups] == [(440, list(range(7)), [])]
