@@ -89,7 +89,12 @@ def _device() -> str:
 
 
 def lm_eval_dtype(cfg: EvalConfig) -> str:
-    return "bfloat16" if cfg.dtype == "auto" else cfg.dtype
+    """`auto` is bfloat16 on a GPU and float32 on a CPU: in bf16 a CPU's per-choice log-likelihoods move with the
+    batch a request lands in (by up to 0.3 here, enough to flip documents between two runs), and float32 keeps a
+    CPU study reproducible for ~1.5x the scoring time at `many` shots (bench/RESULTS.md)."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "bfloat16" if _device() == "cuda" else "float32"
 
 
 def _drop_chat_template_advice(record: logging.LogRecord) -> bool:

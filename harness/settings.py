@@ -122,7 +122,7 @@ class EvalConfig:
     max_length: int | None = setting(None, "context to fit prompts into; default the checkpoint's max_seq_len or "
                                      f"{DEFAULT_MAX_LENGTH}")
     format: str = setting("auto", "chat | plain | auto (the checkpoint's training format)")
-    dtype: str = setting("auto", "auto | bfloat16 | float32 (compare backends in float32)")
+    dtype: str = setting("auto", "auto (bfloat16 on a GPU, float32 on a CPU, for reproducible scores) | bfloat16 | float32")
     batch_size: int = setting(4, "requests per batch (hf) / concurrent requests (vllm)")
     method: str | None = setting(None, "arm label for the records; default from the checkpoint, else `base`")
     output_dir: str | None = setting(None, "evaluation directory; default results/evals/<utc>-<model>")

@@ -9,7 +9,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.prompts import parse_shots
-from harness.settings import StudyConfig, split_list
+from harness.settings import DEFAULT_MAX_LENGTH, StudyConfig, split_list
 from harness.study_stages import Stage, plan_stages, training_seeds
 
 GIB = 1024**3
@@ -113,7 +113,7 @@ def _eval_documents(cfg: StudyConfig, stage: Stage, docs: dict[str, int]) -> dic
 def _train_tokens(cfg: StudyConfig) -> int:
     t = cfg.train
     rows = int(t.get("batch_size", 1)) * int(t.get("grad_accum", 1))
-    by_steps = t["max_steps"] * rows * t.get("max_seq_len", 2048) if t.get("max_steps") else None
+    by_steps = t["max_steps"] * rows * t.get("max_seq_len", DEFAULT_MAX_LENGTH) if t.get("max_steps") else None
     budgets = [b for b in (by_steps, t.get("max_tokens")) if b]
     if not budgets:
         raise HarnessError(f"Study `{cfg.name}` has no token or step budget to estimate its training time from.")
@@ -130,7 +130,7 @@ def memory(cfg: StudyConfig, t: dict[str, Any]) -> tuple[float | None, str]:
         return None, "no memory constant recorded"
     params, layers, hidden, vocab = (float(shape[k]) for k in ("params_b", "layers", "hidden", "vocab"))
     train = cfg.train
-    seq = float(train.get("max_seq_len", 2048)) * float(train.get("batch_size", 1))
+    seq = float(train.get("max_seq_len", DEFAULT_MAX_LENGTH)) * float(train.get("batch_size", 1))
     weights = params * 1e9 * 2
     # full fine-tuning keeps fp32 Adam moments and master weights (12 bytes) and bf16 gradients (2) per parameter
     # LoRA: the adapter's weights, gradients and Adam moments in fp32 (16 bytes per adapter parameter)
