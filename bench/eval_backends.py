@@ -14,10 +14,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from harness.evaluate import run_evaluation
-from harness.results import read_records
-from harness.runs import read_json
-from harness.settings import EvalConfig
+from manyicl.harness.evaluate import run_evaluation
+from manyicl.harness.results import read_records
+from manyicl.harness.runs import read_json
+from manyicl.harness.settings import EvalConfig
 
 
 def _loglikelihoods(out: Path) -> dict[tuple[str, str], list[float]]:

@@ -134,13 +134,13 @@ def main() -> None:  # noqa: PLR0915 - one linear script
 
     from lm_eval.models.huggingface import HFLM
 
-    import harness.prefix_scorer  # noqa: F401 - registers harness-prefix
-    from harness.lm_eval_bridge import write_lm_eval_task
-    from harness.models import load_tokenizer, resolve_model
-    from harness.prefix_scorer import PrefixScorerLM
-    from harness.prompts import build_prompts
-    from tasks.registry import load_examples, parse_task_list
-    from train.sequences import Renderer
+    import manyicl.harness.prefix_scorer  # noqa: F401 - registers harness-prefix
+    from manyicl.harness.lm_eval_bridge import write_lm_eval_task
+    from manyicl.harness.models import load_tokenizer, resolve_model
+    from manyicl.harness.prefix_scorer import PrefixScorerLM
+    from manyicl.harness.prompts import build_prompts
+    from manyicl.tasks.registry import load_examples, parse_task_list
+    from manyicl.train.sequences import Renderer
 
     began = time.perf_counter()
     print(f"date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
@@ -194,7 +194,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         rows[s]["c_positions"] = {k: scorer.stats[k] - before.get(k, 0) for k in scorer.stats}
         rows[s]["prefix_s"], rows[s]["prefix_tokens"] = _prefix_forward_seconds(scorer, st["full"][0])
     peaks["c"] = _peak_rss_gib()
-    kv_per_token = harness.prefix_scorer.kv_bytes_per_token(scorer.model.config, scorer._param_dtype)
+    kv_per_token = manyicl.harness.prefix_scorer.kv_bytes_per_token(scorer.model.config, scorer._param_dtype)
     del scorer
 
     # (b) today's path: the same fixed-demonstration prompts through lm-eval hf
@@ -220,7 +220,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     # (d) the vLLM server, started once (its start-up is reported, not counted per setting)
     vllm_note = "skipped (--no-vllm)"
     if not args.no_vllm:
-        from harness.serve import api_key_env, lm_eval_model_args, vllm_available, vllm_server
+        from manyicl.harness.serve import api_key_env, lm_eval_model_args, vllm_available, vllm_server
 
         if not vllm_available():
             vllm_note = "skipped (vLLM not installed)"

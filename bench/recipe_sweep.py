@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from harness.runs import read_json
-from harness.settings import TrainConfig
+from manyicl.harness.runs import read_json
+from manyicl.harness.settings import TrainConfig
 
 
 def points(grid: dict[str, list]) -> list[dict]:
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default="results/sweeps/recipe")
     parser.add_argument("--only", action="append", default=[], help="key=value: run only matching points")
     args = parser.parse_args()
-    from train.trainer import run_training
+    from manyicl.train.trainer import run_training
 
     sweep = yaml.safe_load(Path(args.config).read_text())["sweep"]
     wanted = dict(item.split("=", 1) for item in args.only)

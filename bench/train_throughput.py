@@ -96,9 +96,9 @@ def bare_limit(model_path: str, length: int, lora_r: int, steps: int, warmup: in
 def trainer_run(model: str | None, tasks: str, method: str, length: int, lora_r: int, steps: int, warmup: int,
                 data_dir: str | None, out: Path, batch_size: int = 1) -> dict:
     """One `harness train` run; its rates read back from the manifest and the per-step log."""
-    from harness.runs import read_json
-    from harness.settings import TrainConfig
-    from train.trainer import run_training
+    from manyicl.harness.runs import read_json
+    from manyicl.harness.settings import TrainConfig
+    from manyicl.train.trainer import run_training
 
     cfg = TrainConfig(method=method, model=model, tasks=tasks, max_seq_len=length, max_steps=steps, lora_r=lora_r,
                       shots=4, output_dir=str(out), data_dir=data_dir, batch_size=batch_size)
@@ -150,11 +150,11 @@ def main() -> None:
 
         data_dir = str(build_data_dir(workdir / "data", rows=2000))
     if args.random_smollm2_shape:
-        from harness.tiny import build_tiny_model
+        from manyicl.harness.tiny import build_tiny_model
 
         args.model = str(build_tiny_model(workdir / "model", hidden=576, layers=30, heads=9, kv_heads=3,
                                           intermediate=1536, embedding_rows=49152))
-    from harness.models import resolve_model
+    from manyicl.harness.models import resolve_model
 
     model_path = resolve_model(args.model).path
     started = time.time()

@@ -19,7 +19,7 @@ def auto_backend(request_kinds: set[str], on_gpu: bool | None = None, vllm_ok: b
     if not on_gpu:
         return "prefix", f"auto: no GPU; {CPU_EVIDENCE}"
     if vllm_ok is None:
-        from harness.serve import vllm_available
+        from manyicl.harness.serve import vllm_available
 
         vllm_ok = vllm_available()
     if "generation" in request_kinds and vllm_ok:

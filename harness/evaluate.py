@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from harness.errors import HarnessError
-from harness.lm_eval_bridge import (
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.lm_eval_bridge import (
     PREFIX_CACHE_KEY,
     choose_backend,
     lm_eval_dtype,
@@ -26,14 +26,14 @@ from harness.lm_eval_bridge import (
     write_lm_eval_readme,
     write_lm_eval_task,
 )
-from harness.models import ModelUnderTest, describe_model, load_tokenizer
-from harness.prompts import PromptSet, build_prompts, parse_shots
-from harness.results import SUMMARY_FILE, ResultRecord, read_records, write_records
-from harness.runs import new_run_dir, results_dir, utc_stamp, write_json, write_yaml
-from harness.schemas import MANIFEST_FILE, EvalManifest, Provenance, TrainManifest
-from harness.settings import DEFAULT_MAX_LENGTH, METRIC_KEYS, EvalConfig, to_dict
-from tasks.registry import TaskDef, load_examples, parse_task_list, resolve_data_dir
-from train.sequences import Renderer, resolve_format
+from manyicl.harness.models import ModelUnderTest, describe_model, load_tokenizer
+from manyicl.harness.prompts import PromptSet, build_prompts, parse_shots
+from manyicl.harness.results import SUMMARY_FILE, ResultRecord, read_records, write_records
+from manyicl.harness.runs import new_run_dir, results_dir, utc_stamp, write_json, write_yaml
+from manyicl.harness.schemas import MANIFEST_FILE, EvalManifest, Provenance, TrainManifest
+from manyicl.harness.settings import DEFAULT_MAX_LENGTH, METRIC_KEYS, EvalConfig, to_dict
+from manyicl.tasks.registry import TaskDef, load_examples, parse_task_list, resolve_data_dir
+from manyicl.train.sequences import Renderer, resolve_format
 
 log = logging.getLogger(__name__)
 # Settings that change the numbers: a re-run into the same directory must keep them.

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from harness.errors import HarnessError
-from harness.results import ResultRecord
-from harness.settings import ARMS, FAMILIES
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.results import ResultRecord
+from manyicl.harness.settings import ARMS, FAMILIES
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import serve
-from harness.backend_choice import auto_backend
-from harness.errors import HarnessError
-from harness.models import ModelUnderTest
-from harness.prompts import PromptSet
-from harness.results import lm_eval_task_name
-from harness.settings import METRIC_KEYS, EvalConfig
-from train.sequences import Renderer
+from manyicl.harness import serve
+from manyicl.harness.backend_choice import auto_backend
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.models import ModelUnderTest
+from manyicl.harness.prompts import PromptSet
+from manyicl.harness.results import lm_eval_task_name
+from manyicl.harness.settings import METRIC_KEYS, EvalConfig
+from manyicl.train.sequences import Renderer
 
 METRICS_MODULE = Path(__file__).resolve().parent.parent / "tasks" / "lm_eval_metrics.py"
 
@@ -139,7 +139,7 @@ def _run_hf(call: ScoringCall, model: str = "hf") -> dict[str, Any]:
 
 def _run_prefix(call: ScoringCall) -> dict[str, Any]:
     """lm-eval's hf model with each setting's shared demonstrations computed once (harness/prefix_scorer.py)."""
-    import harness.prefix_scorer  # noqa: F401 - registers the lm-eval model `harness-prefix`
+    import manyicl.harness.prefix_scorer  # noqa: F401 - registers the lm-eval model `harness-prefix`
 
     return _run_hf(call, model="harness-prefix")
 

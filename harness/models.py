@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.schemas import CheckpointInfo
-from harness.tiny import TINY_MODEL, build_tiny_model
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.schemas import CheckpointInfo
+from manyicl.harness.tiny import TINY_MODEL, build_tiny_model
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.results import SUMMARY_FILE, ResultRecord, lm_eval_task_name, read_records
-from harness.settings import METRIC_KEYS
-from harness.stats import Cluster, PairedResult, compare
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.results import SUMMARY_FILE, ResultRecord, lm_eval_task_name, read_records
+from manyicl.harness.settings import METRIC_KEYS
+from manyicl.harness.stats import Cluster, PairedResult, compare
 
 OutcomeKey = tuple[str, str, int, str]  # (task, shots, seed, uid): what two arms are paired on
 # lm-eval's mean of the per-document values is the record's value; a larger gap means the samples are not the

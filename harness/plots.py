@@ -10,8 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.errors import HarnessError
-from harness.leaderboard import (
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.leaderboard import (
     _combine,
     _forgetting_scores,
     family_sort_key,
@@ -20,7 +20,7 @@ from harness.leaderboard import (
     shots_sort_key,
     task_scores,
 )
-from harness.results import ResultRecord
+from manyicl.harness.results import ResultRecord
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

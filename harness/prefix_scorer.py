@@ -24,8 +24,8 @@ from lm_eval.models.utils import (
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from harness.cascade_attention import ATTN_IMPLEMENTATION, prefix_keys_values
-from harness.errors import HarnessError
+from manyicl.harness.cascade_attention import ATTN_IMPLEMENTATION, prefix_keys_values
+from manyicl.harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from harness.errors import HarnessError
-from harness.models import load_tokenizer, resolve_model
-from harness.settings import DEFAULT_MAX_LENGTH, DEFAULT_SEED
-from tasks.registry import load_examples, load_task
-from train.sequences import Renderer, TrainingSequence, pack_task, resolve_format
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.models import load_tokenizer, resolve_model
+from manyicl.harness.settings import DEFAULT_MAX_LENGTH, DEFAULT_SEED
+from manyicl.tasks.registry import load_examples, load_task
+from manyicl.train.sequences import Renderer, TrainingSequence, pack_task, resolve_format
 
 
 def preview_sequence(task: str, method: str, model: str | None = None, fmt: str = "auto", max_seq_len: int = DEFAULT_MAX_LENGTH,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from harness.errors import HarnessError
-from tasks.registry import Example, TaskData, TaskDef
-from train.sequences import Renderer
+from manyicl.harness.errors import HarnessError
+from manyicl.tasks.registry import Example, TaskData, TaskDef
+from manyicl.train.sequences import Renderer
 
 
 def parse_shots(values: list[str], flag: str = "--shots") -> list[str]:

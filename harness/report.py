@@ -10,7 +10,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from harness.claims import (
+from manyicl.harness.claims import (
     ALPHA,
     APPROACH_MARGIN,
     PRIMARY,
@@ -20,14 +20,19 @@ from harness.claims import (
     spreads,
     spreads_markdown,
 )
-from harness.errors import HarnessError
-from harness.leaderboard import build_leaderboard, render
-from harness.paired import read_outcomes
-from harness.plots import plot_forgetting, plot_learning_curves, plot_scores_vs_shots, plot_training_loss
-from harness.results import ResultRecord, read_records
-from harness.runs import atomic_write_text, hardware
-from harness.schemas import MANIFEST_FILE, StageResult, TrainManifest
-from harness.settings import StudyConfig
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.leaderboard import build_leaderboard, render
+from manyicl.harness.paired import read_outcomes
+from manyicl.harness.plots import (
+    plot_forgetting,
+    plot_learning_curves,
+    plot_scores_vs_shots,
+    plot_training_loss,
+)
+from manyicl.harness.results import ResultRecord, read_records
+from manyicl.harness.runs import atomic_write_text, hardware
+from manyicl.harness.schemas import MANIFEST_FILE, StageResult, TrainManifest
+from manyicl.harness.settings import StudyConfig
 
 
 def _blank(value: object) -> object:

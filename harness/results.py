@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.runs import atomic_write_text
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.runs import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from harness.errors import HarnessError
-from harness.runs import git_state, hardware, package_versions, read_json, write_json
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.runs import git_state, hardware, package_versions, read_json, write_json
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.processes import die_with_parent, sigterm_as_exit, stop_process_group
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.processes import die_with_parent, sigterm_as_exit, stop_process_group
 
 # vLLM accepts only these values for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks).
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

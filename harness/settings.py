@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from harness.errors import HarnessError
-from harness.runs import results_dir
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.runs import results_dir
 
 T = TypeVar("T")
 

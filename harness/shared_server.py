@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
-from harness.evaluate import context_length, run_evaluation
-from harness.lm_eval_bridge import lm_eval_dtype
-from harness.models import describe_model
-from harness.runs import new_run_dir
-from harness.serve import (
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.evaluate import context_length, run_evaluation
+from manyicl.harness.lm_eval_bridge import lm_eval_dtype
+from manyicl.harness.models import describe_model
+from manyicl.harness.runs import new_run_dir
+from manyicl.harness.serve import (
     DP_LORA_REFUSAL,
     api_key_env,
     lora_concurrency,
@@ -28,7 +28,7 @@ from harness.serve import (
     vllm_available,
     vllm_server,
 )
-from harness.settings import EvalConfig, split_list
+from manyicl.harness.settings import EvalConfig, split_list
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from harness.errors import HarnessError
+from manyicl.harness.errors import HarnessError
 
 BOOTSTRAP_METHODS = ("percentile", "bca")
 EXACT_MAX_CLUSTERS = 16  # 2**16 sign patterns; above this a Monte-Carlo p-value is as good and far cheaper

@@ -14,15 +14,22 @@ from typing import Any
 
 import yaml
 
-from harness.errors import HarnessError
-from harness.processes import sigterm_as_exit
-from harness.prompts import parse_shots
-from harness.report import write_outputs
-from harness.runs import write_yaml
-from harness.schemas import STATE_FILE, Provenance, StageResult, StudyManifest, StudyState
-from harness.settings import ARMS, EvalConfig, StudyConfig, TrainConfig, split_list, to_dict
-from harness.study_display import NullDisplay, estimate_left
-from harness.study_stages import Stage, mark_done, plan_stages, run_stage_process, stage_done, training_seeds
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.processes import sigterm_as_exit
+from manyicl.harness.prompts import parse_shots
+from manyicl.harness.report import write_outputs
+from manyicl.harness.runs import write_yaml
+from manyicl.harness.schemas import STATE_FILE, Provenance, StageResult, StudyManifest, StudyState
+from manyicl.harness.settings import ARMS, EvalConfig, StudyConfig, TrainConfig, split_list, to_dict
+from manyicl.harness.study_display import NullDisplay, estimate_left
+from manyicl.harness.study_stages import (
+    Stage,
+    mark_done,
+    plan_stages,
+    run_stage_process,
+    stage_done,
+    training_seeds,
+)
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import HarnessError
-from harness.prompts import parse_shots
-from harness.settings import DEFAULT_MAX_LENGTH, StudyConfig, split_list
-from harness.study_stages import Stage, plan_stages, training_seeds
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.prompts import parse_shots
+from manyicl.harness.settings import DEFAULT_MAX_LENGTH, StudyConfig, split_list
+from manyicl.harness.study_stages import Stage, plan_stages, training_seeds
 
 GIB = 1024**3
 # What `throughput:` may hold. Rates are per stage process; `source` says where the numbers were measured.
@@ -73,7 +73,7 @@ def _shot_kind(shots: str) -> str:
 def documents_per_task(cfg: StudyConfig, tasks: list[str]) -> dict[str, int]:
     """Documents scored per task and setting: the test split (read from the data where it is at hand), capped by
     `eval.limit`. Where a task's data cannot be read here, the limit stands for it."""
-    from tasks.registry import load_examples, parse_task_list
+    from manyicl.tasks.registry import load_examples, parse_task_list
 
     limit = cfg.eval.get("limit")
     out: dict[str, int] = {}

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
-from harness.processes import die_with_parent, stop_process_group
-from harness.runs import write_yaml
-from harness.schemas import STAGE_DONE_FILE, StageDone, is_complete
-from harness.settings import CURVE_DIR, DEFAULT_MAX_LENGTH, StudyConfig
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.processes import die_with_parent, stop_process_group
+from manyicl.harness.runs import write_yaml
+from manyicl.harness.schemas import STAGE_DONE_FILE, StageDone, is_complete
+from manyicl.harness.settings import CURVE_DIR, DEFAULT_MAX_LENGTH, StudyConfig
 
 
 @dataclass
@@ -114,7 +114,7 @@ def mark_done(stage: Stage, seconds: float) -> None:
 
 
 def _child_command(stage: Stage, config_path: Path) -> list[str]:
-    return [sys.executable, "-m", "harness.cli", stage.kind if stage.kind != "eval" else "evaluate",
+    return [sys.executable, "-m", "manyicl.harness.cli", stage.kind if stage.kind != "eval" else "evaluate",
             "--config", str(config_path)]
 
 

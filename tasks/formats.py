@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.errors import HarnessError
+from manyicl.harness.errors import HarnessError
 
 Record = dict
 

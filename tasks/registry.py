@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from harness.errors import HarnessError
-from harness.settings import DEFAULT_SEED, FAMILIES
-from tasks.formats import HUB_ADAPTERS, PARSERS, parse_csv
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.settings import DEFAULT_SEED, FAMILIES
+from manyicl.tasks.formats import HUB_ADAPTERS, PARSERS, parse_csv
 
 TASKS_DIR = Path(__file__).resolve().parent
 DATA_DIR_ENV = "HARNESS_DATA_DIR"

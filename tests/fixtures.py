@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from harness.tiny import WORDS, build_tiny_model  # noqa: F401 - re-exported for the tests
+from manyicl.harness.tiny import WORDS, build_tiny_model  # noqa: F401 - re-exported for the tests
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:

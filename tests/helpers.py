@@ -13,7 +13,7 @@ def run_harness(args: list[str], monkeypatch: pytest.MonkeyPatch | None = None) 
     """Run `harness ARGS` in this process through the console-script entry point (`main`, which turns a
     HarnessError into one line and an exit code). Returns the exit code, stdout and stderr. With a
     `monkeypatch`, its changes (argv, COLUMNS) are left for the test's own teardown."""
-    from harness.cli import main
+    from manyicl.harness.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     ctx = monkeypatch or pytest.MonkeyPatch()

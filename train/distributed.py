@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from harness.errors import HarnessError
+from manyicl.harness.errors import HarnessError
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
 DEFAULT_MULTI_PROCESS_CONFIG = "multi-gpu"
@@ -119,7 +119,7 @@ def _free_port() -> int:
 
 def launch_command(config_file: Path, num_processes: int, train_config: Path,
                    machine: dict[str, Any] | None = None) -> list[str]:
-    """`python -m accelerate.commands.launch ... -m harness.cli train --config FILE`.
+    """`python -m accelerate.commands.launch ... -m manyicl.harness.cli train --config FILE`.
 
     On a CPU this still uses the multi-GPU launcher (torchrun): `--cpu` would start one process. Each process then
     trains on the CPU (TrainingArguments use_cpu, gloo between ranks) because it finds no GPU.
@@ -129,7 +129,7 @@ def launch_command(config_file: Path, num_processes: int, train_config: Path,
     machine = machine or {}
     if int(machine.get("num_machines", 1) or 1) == 1:
         cmd += ["--main_process_port", str(_free_port())]  # tests and several runs on one box must not collide
-    return cmd + ["-m", "harness.cli", "train", "--config", str(train_config)]
+    return cmd + ["-m", "manyicl.harness.cli", "train", "--config", str(train_config)]
 
 
 def launch_training(cfg: Any) -> Path:
@@ -138,9 +138,9 @@ def launch_training(cfg: Any) -> Path:
     The model and the run directory are resolved here, once: N processes must not each convert the default model
     or each pick their own timestamped directory.
     """
-    from harness.models import resolve_model
-    from harness.runs import new_run_dir
-    from harness.settings import to_dict
+    from manyicl.harness.models import resolve_model
+    from manyicl.harness.runs import new_run_dir
+    from manyicl.harness.settings import to_dict
 
     config_file = accelerate_config_path(cfg.accelerate_config)
     accelerate_settings = check_accelerate_config(config_file, cfg.num_processes)

@@ -11,9 +11,9 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from harness.errors import HarnessError
-from harness.settings import METHODS
-from tasks.registry import Example, TaskData
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.settings import METHODS
+from manyicl.tasks.registry import Example, TaskData
 
 IGNORE_INDEX = -100
 FORMATS = ("chat", "plain")

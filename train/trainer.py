@@ -11,14 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
-from harness.models import CHECKPOINT_INFO, ResolvedModel, load_tokenizer, resolve_model
-from harness.runs import new_run_dir, publish_dir, write_json, write_yaml
-from harness.schemas import CheckpointInfo, Provenance, TrainManifest, is_complete
-from harness.settings import CURVE_DIR, METHODS, TRAIN_ARMS, TrainConfig, to_dict
-from tasks.registry import TaskData, load_examples, parse_task_list
-from train import distributed
-from train.sequences import (
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.models import CHECKPOINT_INFO, ResolvedModel, load_tokenizer, resolve_model
+from manyicl.harness.runs import new_run_dir, publish_dir, write_json, write_yaml
+from manyicl.harness.schemas import CheckpointInfo, Provenance, TrainManifest, is_complete
+from manyicl.harness.settings import CURVE_DIR, METHODS, TRAIN_ARMS, TrainConfig, to_dict
+from manyicl.tasks.registry import TaskData, load_examples, parse_task_list
+from manyicl.train import distributed
+from manyicl.train.sequences import (
     Budget,
     Renderer,
     Row,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.results import SCHEMA_VERSION, ResultRecord
+from manyicl.harness.results import SCHEMA_VERSION, ResultRecord
 from tests.helpers import run_harness as _harness
 
 pytestmark = pytest.mark.integration
@@ -303,7 +303,7 @@ def test_probes_score_the_checkpoint_and_reuse_the_base_scores(probed, checkpoin
 
 def test_per_document_outcomes_reproduce_the_summaries_and_pair_arms(evaluated, probed, env):
     """issue 9 (stats branch): harness/paired.py reads what `harness evaluate` wrote."""
-    from harness.paired import compare_arms, pair, read_outcomes
+    from manyicl.harness.paired import compare_arms, pair, read_outcomes
 
     out, _, _ = evaluated
     table = read_outcomes([out])  # refuses samples whose mean is not the summary's score
@@ -345,7 +345,7 @@ def test_base_probe_cache_is_not_shared_across_data_directories(checkpoint, tiny
 def test_base_probes_are_not_scored_on_the_checkpoints_server(checkpoint, tiny_model, common, tmp_path,
                                                                monkeypatch):
     """With --server-url the checkpoint is scored on that server; the base model's probe scores must not be."""
-    import harness.evaluate
+    import manyicl.harness.evaluate
 
     calls = []
 
@@ -353,7 +353,7 @@ def test_base_probes_are_not_scored_on_the_checkpoints_server(checkpoint, tiny_m
         calls.append({"model": mut.model.path, "server_url": cfg.server_url, "served_model": cfg.served_model})
         return {"results": {name: {"acc,none": 0.5, "acc_stderr,none": 0.1} for name in task_names}, "samples": {}}
 
-    monkeypatch.setattr(harness.evaluate, "run_lm_eval", fake_run_lm_eval)
+    monkeypatch.setattr(manyicl.harness.evaluate, "run_lm_eval", fake_run_lm_eval)
     _ok(["evaluate", "--model", str(checkpoint), "--tasks", "sst2", "--shots", "0", "--probe-tasks", "arc_easy",
          "--limit", "2", "--data-dir", common[1], "--max-length", "512",
          "--server-url", "http://127.0.0.1:9/v1", "--served-model", "tuned", "-o", str(tmp_path / "out")])

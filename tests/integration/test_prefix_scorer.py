@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.lm_eval_bridge import write_lm_eval_task
-from harness.prompts import build_prompts
-from tasks.registry import load_examples, parse_task_list
-from train.sequences import Renderer
+from manyicl.harness.lm_eval_bridge import write_lm_eval_task
+from manyicl.harness.prompts import build_prompts
+from manyicl.tasks.registry import load_examples, parse_task_list
+from manyicl.train.sequences import Renderer
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def _evaluate(kind, args: dict, folder: Path, names: list[str]) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    import harness.prefix_scorer  # noqa: F401 - registers `harness-prefix`
+    import manyicl.harness.prefix_scorer  # noqa: F401 - registers `harness-prefix`
 
     return lm_eval.simple_evaluate(model=kind, model_args=args, tasks=names, batch_size=4, device="cpu",
                                    task_manager=TaskManager(include_path=str(folder), include_defaults=False),
@@ -128,7 +128,7 @@ def test_prompts_cover_every_case(model, tasks):
 def test_matches_hf_full_model(model, tasks):
     folder, names, _ = tasks
     args = {"pretrained": str(model), "dtype": "float32", "max_length": MAX_LENGTH}
-    from harness.prefix_scorer import PrefixScorerLM
+    from manyicl.harness.prefix_scorer import PrefixScorerLM
 
     reference = _evaluate("hf", args, folder, names)
     scorer = PrefixScorerLM(**args, device="cpu")
@@ -165,8 +165,8 @@ def test_small_memory_budget_gives_same_numbers(model, tasks):
 
 
 def test_rolling_loglikelihood_is_refused(model):
-    from harness.errors import HarnessError
-    from harness.prefix_scorer import PrefixScorerLM
+    from manyicl.harness.errors import HarnessError
+    from manyicl.harness.prefix_scorer import PrefixScorerLM
 
     lm = PrefixScorerLM(pretrained=str(model), dtype="float32", device="cpu")
     with pytest.raises(HarnessError, match="loglikelihood_rolling"):

@@ -170,7 +170,7 @@ SMALL = {
 def test_a_study_directory_pairs_its_arms_document_by_document(smoke):
     """issue 9 (stats branch): the primary claim's pairs come straight from a study's evaluations, every
     document under both demonstration seeds, and reproduce the difference of the summary scores."""
-    from harness.paired import compare_arms, pair, read_outcomes
+    from manyicl.harness.paired import compare_arms, pair, read_outcomes
 
     root, *_ = smoke
     table = read_outcomes([root])
@@ -222,7 +222,7 @@ def test_killed_study_resumes_and_a_failed_stage_blocks_only_its_evaluation(stud
     config.write_text(yaml.safe_dump(SMALL))
     root = tmp_path / "small"
     log = tmp_path / "first-run.log"
-    cmd = [sys.executable, "-m", "harness.cli", "study", "--config", str(config), "--data-dir", str(tiny_data),
+    cmd = [sys.executable, "-m", "manyicl.harness.cli", "study", "--config", str(config), "--data-dir", str(tiny_data),
            "-o", str(root)]
 
     def stage_status(name: str):
@@ -303,7 +303,7 @@ def test_sigterm_stops_the_study_and_its_running_stage(study_env, tiny_data, tmp
     config = tmp_path / "slow.yaml"
     config.write_text(yaml.safe_dump(slow))
     log = tmp_path / "run.log"
-    cmd = [sys.executable, "-m", "harness.cli", "study", "--config", str(config), "--data-dir", str(tiny_data),
+    cmd = [sys.executable, "-m", "manyicl.harness.cli", "study", "--config", str(config), "--data-dir", str(tiny_data),
            "-o", str(tmp_path / "slow")]
     with open(log, "wb") as handle:
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
@@ -362,9 +362,9 @@ def test_unknown_preset_and_missing_study_file(tmp_path):
 
 
 def test_every_preset_is_a_valid_study():
-    from harness.study import PRESETS_DIR, load_study, study_presets
-    from harness.study_estimate import estimate_study
-    from harness.study_stages import plan_stages
+    from manyicl.harness.study import PRESETS_DIR, load_study, study_presets
+    from manyicl.harness.study_estimate import estimate_study
+    from manyicl.harness.study_stages import plan_stages
 
     assert study_presets() == ["demo", "demo-full", "paper", "paper-1gpu-lora", "paper-8gpu-fsdp", "smoke"]
     assert sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")) == ["demo", "demo-full", "paper", "paper-1gpu-lora",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.errors import HarnessError
+from manyicl.harness.errors import HarnessError
 from tests.helpers import one_line as _one_line
 from tests.helpers import run_harness as _harness
 
@@ -78,9 +78,9 @@ def test_run_directory_tree(trained, tiny_model, tiny_data):
 
     manifest = _read(run / "manifest.json")
     assert manifest["status"] == "complete" and manifest["kind"] == "train" and manifest["method"] == "manyicl"
-    import harness.runs
+    import manyicl.harness.runs
 
-    assert manifest["git"]["sha"] == harness.runs.git_state()["sha"]
+    assert manifest["git"]["sha"] == manyicl.harness.runs.git_state()["sha"]
     if manifest["git"]["sha"] is not None:  # None only in a copy of the tree with no commit
         assert re.fullmatch(r"[0-9a-f]{40}", manifest["git"]["sha"]) and isinstance(manifest["git"]["dirty"], bool)
     assert {"torch", "transformers", "trl", "peft", "datasets"} <= set(manifest["packages"])
@@ -112,23 +112,23 @@ def test_run_directory_tree(trained, tiny_model, tiny_data):
 
 
 def test_manifest_git_state(tmp_path, monkeypatch):
-    import harness.runs
+    import manyicl.harness.runs
 
     def git(*args):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=tmp_path,
                        check=True, capture_output=True)
 
-    monkeypatch.setattr(harness.runs, "PROJECT_ROOT", tmp_path)
-    assert harness.runs.git_state() == {"sha": None, "dirty": None}  # not a repository
+    monkeypatch.setattr(manyicl.harness.runs, "PROJECT_ROOT", tmp_path)
+    assert manyicl.harness.runs.git_state() == {"sha": None, "dirty": None}  # not a repository
     git("init", "-q")
-    assert harness.runs.git_state() == {"sha": None, "dirty": None}  # a repository without a commit
+    assert manyicl.harness.runs.git_state() == {"sha": None, "dirty": None}  # a repository without a commit
     (tmp_path / "a.txt").write_text("1")
     git("add", "a.txt")
     git("commit", "-q", "-m", "first")
-    state = harness.runs.git_state()
+    state = manyicl.harness.runs.git_state()
     assert re.fullmatch(r"[0-9a-f]{40}", state["sha"]) and state["dirty"] is False
     (tmp_path / "a.txt").write_text("2")
-    assert harness.runs.git_state()["dirty"] is True
+    assert manyicl.harness.runs.git_state()["dirty"] is True
 
 
 def test_final_reloads_with_new_weights(trained, tiny_model):
@@ -267,7 +267,7 @@ def test_lora_without_merge_saves_an_adapter(base_args, tmp_path, tiny_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from harness.models import resolve_model
+    from manyicl.harness.models import resolve_model
 
     run = tmp_path / "run"
     code, _, err = _harness([*base_args, "--tasks", "sst2", "--max-steps", "2", "--lora-r", "4", "--no-lora-merge",
@@ -324,7 +324,7 @@ def test_console_script_error_is_one_line_without_traceback(tiny_model, tiny_dat
 
 
 def test_help_does_not_import_the_heavy_libraries():
-    code = ("import sys, harness.cli; heavy = [m for m in ('torch', 'trl', 'transformers', 'vllm', 'lm_eval') "
+    code = ("import sys, manyicl.harness.cli; heavy = [m for m in ('torch', 'trl', 'transformers', 'vllm', 'lm_eval') "
             "if m in sys.modules]; print(','.join(heavy))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
@@ -337,7 +337,7 @@ def test_help_does_not_import_the_heavy_libraries():
 def test_preview_json_spans_decode_to_the_answers(tiny_model, tiny_data):
     from transformers import AutoTokenizer
 
-    from tasks.registry import load_examples, load_task
+    from manyicl.tasks.registry import load_examples, load_task
 
     answers = {ex.uid: ex.answer for ex in load_examples(load_task("rte"), tiny_data).train}
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
@@ -392,7 +392,7 @@ def test_tasks_validate_exit_codes(tiny_data, tmp_path, monkeypatch):
 
 
 def test_tasks_list_json():
-    from tasks.registry import builtin_task_files
+    from manyicl.tasks.registry import builtin_task_files
 
     code, out, err = _harness(["tasks", "list", "--json"])
     assert code == 0, err
@@ -412,8 +412,8 @@ def test_tasks_show(tiny_model, tiny_data):
 
 def test_library_call_matches_cli(base_args):
     """`run_training` is the plain function the CLI calls: a HarnessError, not an exit, for a person's mistake."""
-    from harness.settings import TrainConfig
-    from train.trainer import run_training
+    from manyicl.harness.settings import TrainConfig
+    from manyicl.train.trainer import run_training
 
     with pytest.raises(HarnessError, match="Unknown method"):
         run_training(TrainConfig(method="nope", max_steps=1))
@@ -422,7 +422,7 @@ def test_library_call_matches_cli(base_args):
 def test_curve_points_are_finished_models_with_what_they_had_seen(base_args, tmp_path):
     """issue 9: `--curve-points` keeps the model at fractions of the budget as folders every command loads,
     with the tokens and targets seen up to that step (rows train in order, so they are a prefix of the run's)."""
-    from harness.models import describe_model
+    from manyicl.harness.models import describe_model
 
     run = tmp_path / "run"
     code, _, err = _harness([*base_args, "--tasks", "sst2", "--max-steps", "4", "--lr", "1e-3",

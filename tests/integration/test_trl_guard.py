@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.settings import TrainConfig
-from tasks.registry import load_examples, load_task
-from train.sequences import IGNORE_INDEX, Renderer, pack_rows, pack_task
+from manyicl.harness.settings import TrainConfig
+from manyicl.tasks.registry import load_examples, load_task
+from manyicl.train.sequences import IGNORE_INDEX, Renderer, pack_rows, pack_task
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def _spy_on_trainer(monkeypatch) -> dict:
     """Let train/trainer.py build its SFTTrainer as usual, then capture it (and the rows) instead of training."""
     import trl
 
-    import train.trainer as trainer_module
+    import manyicl.train.trainer as trainer_module
 
     seen: dict = {}
     real_build = trainer_module.build_training_data
@@ -44,7 +44,7 @@ def _spy_on_trainer(monkeypatch) -> dict:
 @pytest.fixture(scope="module")
 def spied(tiny_model, tiny_data, tmp_path_factory):
     """The trainer of a zero-shot run (short sequences, several per row) with two rows per micro-batch."""
-    from train.trainer import run_training
+    from manyicl.train.trainer import run_training
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
@@ -178,7 +178,7 @@ def test_cpu_fused_head_scores_only_labelled_positions_with_the_same_loss_and_gr
     the logged entropy and accuracy equal TRL's own all-positions path (fp32)."""
     import trl.trainer.utils as trl_utils
 
-    from train.trainer import fused_head_on_trained_positions_only
+    from manyicl.train.trainer import fused_head_on_trained_positions_only
 
     assert fused_head_on_trained_positions_only(), "TRL no longer exposes `_use_triton` in trl.trainer.utils"
     trainer = spied["trainer"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.serve import vllm_available
+from manyicl.harness.serve import vllm_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")]
 
@@ -43,9 +43,9 @@ def model(tiny_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def both(model, tiny_data, tmp_path_factory):
     """One evaluation per backend of the same tasks, shots and documents (vLLM started once)."""
-    import harness.serve
-    from harness.evaluate import run_evaluation
-    from harness.settings import EvalConfig
+    import manyicl.harness.serve
+    from manyicl.harness.evaluate import run_evaluation
+    from manyicl.harness.settings import EvalConfig
 
     root = tmp_path_factory.mktemp("backends")
     outs = {}
@@ -54,8 +54,8 @@ def both(model, tiny_data, tmp_path_factory):
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TOKENIZERS_PARALLELISM", "false")
         # eager mode starts in seconds rather than a minute; the numbers are the same
-        mp.setattr(harness.serve, "vllm_server", functools.partial(
-            harness.serve.vllm_server, fast_start=True, cache_root=root / "vllm-cache", startup_timeout=600))
+        mp.setattr(manyicl.harness.serve, "vllm_server", functools.partial(
+            manyicl.harness.serve.vllm_server, fast_start=True, cache_root=root / "vllm-cache", startup_timeout=600))
         for backend in ("hf", "vllm"):
             cfg = EvalConfig(model=str(model), tasks=TASKS, shots=SHOTS, limit=8, max_length=512,
                              dtype="float32", backend=backend, data_dir=str(tiny_data), batch_size=4,

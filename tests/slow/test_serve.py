@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.serve import (
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.serve import (
     api_key_env,
     last_meaningful_line,
     lm_eval_model_args,
@@ -224,7 +224,7 @@ def test_an_exception_inside_the_block_stops_the_server(servable_model, vllm_cac
 SERVE_FOREVER_SCRIPT = """
 import sys
 from pathlib import Path
-from harness.serve import serve_forever
+from manyicl.harness.serve import serve_forever
 
 serve_forever(sys.argv[1], None, "float32", 512, Path(sys.argv[2]), served_name="tiny", fast_start=True,
               cache_root=Path(sys.argv[3]), startup_timeout=600)
@@ -234,7 +234,7 @@ print("returned", flush=True)
 WITH_BLOCK_SCRIPT = """
 import sys, time
 from pathlib import Path
-from harness.serve import vllm_server
+from manyicl.harness.serve import vllm_server
 
 with vllm_server(sys.argv[1], dtype="float32", max_model_len=512, fast_start=True, startup_timeout=600,
                  log_path=Path(sys.argv[2]), cache_root=Path(sys.argv[3])):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.serve import vllm_available
-from harness.settings import EvalConfig
-from harness.shared_server import evaluate_arms
+from manyicl.harness.serve import vllm_available
+from manyicl.harness.settings import EvalConfig
+from manyicl.harness.shared_server import evaluate_arms
 from tests.fixtures import build_tiny_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")]

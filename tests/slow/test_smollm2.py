@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harness.models import convert_gguf, gguf_file
-from train.sequences import Renderer
+from manyicl.harness.models import convert_gguf, gguf_file
+from manyicl.train.sequences import Renderer
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +52,8 @@ def test_plain_training_sequences_tokenize_like_evaluation_prompts(smollm2, tiny
     """SmolLM2 makes a blank line one token alone and two before text: training must use the prompt's two."""
     from transformers import AutoTokenizer
 
-    from tasks.registry import load_examples, load_task
-    from train.sequences import assemble
+    from manyicl.tasks.registry import load_examples, load_task
+    from manyicl.train.sequences import assemble
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     assert len(tokenizer("\n\n", add_special_tokens=False).input_ids) == 1

@@ -8,21 +8,21 @@ import json
 
 import pytest
 
-from harness.serve import vllm_available
+from manyicl.harness.serve import vllm_available
 from tests.helpers import run_harness
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")]
 
 
 def test_generation_at_k_shots_records_prefix_cache_hits(tiny_model, tiny_data, tmp_path, monkeypatch):
-    import harness.serve
+    import manyicl.harness.serve
 
     monkeypatch.setenv("HARNESS_RESULTS_DIR", str(tmp_path / "results"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     # eager mode starts in seconds rather than a minute; caching behaves the same
-    monkeypatch.setattr(harness.serve, "vllm_server", functools.partial(
-        harness.serve.vllm_server, fast_start=True, cache_root=tmp_path / "vllm-cache", startup_timeout=600))
+    monkeypatch.setattr(manyicl.harness.serve, "vllm_server", functools.partial(
+        manyicl.harness.serve.vllm_server, fast_start=True, cache_root=tmp_path / "vllm-cache", startup_timeout=600))
     out = tmp_path / "eval"
     code, _, err = run_harness(["evaluate", "--model", str(tiny_model), "--tasks", "asdiv", "--shots", "8",
                                 "--limit", "8", "--max-length", "512", "--dtype", "float32", "--backend", "vllm",

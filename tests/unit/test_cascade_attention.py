@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.cascade_attention import cascade_attention, cascade_attention_forward, prefix_keys_values
+from manyicl.harness.cascade_attention import cascade_attention, cascade_attention_forward, prefix_keys_values
 
 
 def _block_causal(lengths: list[int]) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.claims import (
+from manyicl.harness.claims import (
     APPROACHES,
     BEATS,
     NOT_RESOLVED,
@@ -18,7 +18,7 @@ from harness.claims import (
     spreads,
     spreads_markdown,
 )
-from harness.paired import Outcome, OutcomeTable
+from manyicl.harness.paired import Outcome, OutcomeTable
 
 
 def outcomes(method: str, values: dict[str, list[float]], shots: str = "many", role: str = "train",

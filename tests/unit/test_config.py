@@ -9,8 +9,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from harness.errors import HarnessError
-from harness.settings import TrainConfig, help_for, load_settings, to_dict
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.settings import TrainConfig, help_for, load_settings, to_dict
 
 
 def _yaml(tmp_path: Path, data) -> Path:
@@ -101,8 +101,8 @@ def test_list_defaults_are_not_shared():
 @pytest.fixture
 def captured(monkeypatch):
     """Run `harness train` without training: capture the settings it would train with."""
-    import harness.cli
-    import train.trainer
+    import manyicl.harness.cli
+    import manyicl.train.trainer
 
     seen: list[TrainConfig] = []
 
@@ -110,13 +110,13 @@ def captured(monkeypatch):
         seen.append(cfg)
         return Path("/nonexistent")
 
-    monkeypatch.setattr(train.trainer, "run_training", fake_run_training)
-    monkeypatch.setattr(harness.cli, "_print_run_summary", lambda run_dir: None)
+    monkeypatch.setattr(manyicl.train.trainer, "run_training", fake_run_training)
+    monkeypatch.setattr(manyicl.harness.cli, "_print_run_summary", lambda run_dir: None)
     return seen
 
 
 def test_cli_flags_override_the_config_file(tmp_path, captured):
-    from harness.cli import app
+    from manyicl.harness.cli import app
 
     path = _yaml(tmp_path, {"method": "few-shot", "shots": 8, "tasks": ["cb", "trec"], "lora_merge": False,
                             "resume": True, "max_tokens": 1000, "save_steps": 3})
@@ -134,7 +134,7 @@ def test_cli_flags_override_the_config_file(tmp_path, captured):
 
 
 def test_cli_without_budget_trains_twenty_steps(captured):
-    from harness.cli import app
+    from manyicl.harness.cli import app
 
     result = CliRunner().invoke(app, ["train", "--tasks", "cb"])
     assert result.exit_code == 0, result.output
@@ -142,7 +142,7 @@ def test_cli_without_budget_trains_twenty_steps(captured):
 
 
 def test_cli_unknown_key_in_config_file(tmp_path, captured):
-    from harness.cli import app
+    from manyicl.harness.cli import app
 
     result = CliRunner().invoke(app, ["train", "--config", str(_yaml(tmp_path, {"colour": "red"}))])
     assert isinstance(result.exception, HarnessError)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.errors import HarnessError
-from harness.settings import TrainConfig
-from train import distributed
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.settings import TrainConfig
+from manyicl.train import distributed
 
 CONFIGS = sorted(distributed.ACCELERATE_CONFIGS.glob("*.yaml"))
 
@@ -37,7 +37,7 @@ def test_accelerate_shards_sequential_rows_once_and_in_step_order(processes, bat
 
 
 def test_the_budget_counts_rows_of_every_process():
-    from train.sequences import Budget, Row, select_rows
+    from manyicl.train.sequences import Budget, Row, select_rows
 
     row = Row(input_ids=[1] * 10, labels=[1] * 10, seq_lengths=[10], num_targets=1, num_examples=1, tasks=["t"])
     cfg = TrainConfig(max_steps=3, batch_size=2, grad_accum=1, num_processes=4)
@@ -88,7 +88,7 @@ def test_launch_command_runs_the_harness_under_accelerate(tmp_path):
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_processes") + 1] == "2"
     assert "--main_process_port" in cmd and "--cpu" not in cmd
-    assert cmd[-5:] == ["-m", "harness.cli", "train", "--config", str(tmp_path / "t.yaml")]
+    assert cmd[-5:] == ["-m", "manyicl.harness.cli", "train", "--config", str(tmp_path / "t.yaml")]
     multi_node = distributed.launch_command(Path("c.yaml"), 16, tmp_path / "t.yaml", {"num_machines": 2})
     assert "--main_process_port" not in multi_node  # the cluster's config names the rendezvous
 
@@ -130,7 +130,7 @@ def test_resume_keeps_the_rows_per_step(tmp_path):
 
 
 def test_a_study_passes_processes_and_parallel_sizes_to_its_stages():
-    from harness.study import load_study, plan_stages
+    from manyicl.harness.study import load_study, plan_stages
 
     stages = plan_stages(load_study(None, "paper-8gpu-fsdp", {"output_dir": "/tmp/unused"}))
     trains = [s for s in stages if s.kind == "train"]

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from harness.errors import HarnessError
+from manyicl.harness.errors import HarnessError
 
 
 def test_harness_error_prints_literally_through_rich():

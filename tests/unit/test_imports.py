@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("harness", "train", "tasks")
+NAMESPACE = "manyicl."  # how the folders install (pyproject.toml's package-dir); LAYERS name modules without it
 
 # Lower layers first; a module may import its own layer or any below, never one above. Within a layer the
 # cycle test below keeps the graph a tree.
@@ -57,6 +58,7 @@ def _project_imports(module: str) -> set[str]:
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue
+        names = [name.removeprefix(NAMESPACE) for name in names]
         found |= {name for name in names if name in LAYER_OF or name in MODULES}
     return found - {module}
 
@@ -69,8 +71,9 @@ def test_every_module_has_a_layer():
 @pytest.mark.parametrize("module", MODULES)
 def test_module_imports_alone(module):
     """A fresh interpreter per module: a cycle that an earlier import happened to hide shows up here."""
-    result = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    # run outside the repository, so only the installed namespace can answer
+    result = subprocess.run([sys.executable, "-c", f"import {NAMESPACE}{module}"], cwd=ROOT.parent,
+                            capture_output=True, text=True, timeout=120, env=_env_without_repo())
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -105,9 +108,40 @@ def test_the_layer_rule_is_checked_by_the_parser():
 
 
 def test_cli_imports_no_heavy_library():
-    code = ("import sys, harness.cli; "
+    code = ("import sys, manyicl.harness.cli; "
             "print(','.join(m for m in ('torch', 'transformers', 'trl', 'lm_eval', 'vllm', 'datasets', 'peft') "
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == ""
+
+
+def _env_without_repo() -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_imports_use_the_namespace(module):
+    """Every project import says `manyicl.`: a bare `harness`/`train`/`tasks` import would load a second copy of
+    the module from the working directory (or fail once installed)."""
+    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8"))
+    bare = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bare += [a.name for a in node.names if a.name.split(".")[0] in PACKAGES]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and \
+                node.module.split(".")[0] in PACKAGES:
+            bare.append(node.module)
+    assert not bare, f"{module} imports {bare} without the `manyicl.` namespace"
+
+
+def test_top_level_folders_are_not_installed_bare():
+    """Installed, only `manyicl.harness` exists: nothing named `train` or `tasks` lands in site-packages."""
+    code = "import importlib.util as u; print([n for n in ('harness', 'train', 'tasks') if u.find_spec(n)])"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True,
+                            timeout=60, env=_env_without_repo())
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr

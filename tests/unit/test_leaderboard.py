@@ -11,8 +11,8 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from harness.errors import HarnessError
-from harness.leaderboard import (
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.leaderboard import (
     Cell,
     Column,
     build_leaderboard,
@@ -21,7 +21,7 @@ from harness.leaderboard import (
     latest_records,
     render,
 )
-from harness.results import ResultRecord
+from manyicl.harness.results import ResultRecord
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 FAMILY = {"sst2": "classification", "trec": "classification", "rte": "nli", "cb": "nli", "piqa": "qa", "mmlu": "qa"}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import harness.models as models
-from harness.errors import HarnessError
-from harness.models import DEFAULT_HUB_ID, DEFAULT_MODEL, resolve_model
+import manyicl.harness.models as models
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.models import DEFAULT_HUB_ID, DEFAULT_MODEL, resolve_model
 
 
 def _model_folder(path: Path) -> Path:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.paired import compare_arms, pair, read_outcomes
-from harness.results import ResultRecord, write_records
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.paired import compare_arms, pair, read_outcomes
+from manyicl.harness.results import ResultRecord, write_records
 
 
 def write_eval(out: Path, model: str, method: str, scores: dict[tuple[str, str, int], list[float]],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.plots import plot_forgetting, plot_scores_vs_shots
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.plots import plot_forgetting, plot_scores_vs_shots
 from tests.unit.test_leaderboard import build_records
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

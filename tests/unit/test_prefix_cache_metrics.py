@@ -3,7 +3,7 @@ counters ignored, and the difference of two readings as queried tokens, hit toke
 
 from __future__ import annotations
 
-from harness.serve import parse_prefix_cache_counters, prefix_cache_usage
+from manyicl.harness.serve import parse_prefix_cache_counters, prefix_cache_usage
 
 EXPOSITION = """\
 # HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import torch
 
-from harness.backend_choice import auto_backend
-from harness.prefix_scorer import Group, group_by_prefix, kv_bytes_per_token, rows_within_budget
+from manyicl.harness.backend_choice import auto_backend
+from manyicl.harness.prefix_scorer import Group, group_by_prefix, kv_bytes_per_token, rows_within_budget
 
 
 def _as_sets(groups: list[Group]) -> set[tuple[int, frozenset[int]]]:

@@ -7,13 +7,13 @@ import random
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.lm_eval_bridge import write_lm_eval_task
-from harness.prompts import build_prompts, demonstration_pool, parse_shots
-from harness.settings import EvalConfig
-from tasks import lm_eval_metrics
-from tasks.registry import Example, TaskData, load_examples, load_task
-from train.sequences import Renderer
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.lm_eval_bridge import write_lm_eval_task
+from manyicl.harness.prompts import build_prompts, demonstration_pool, parse_shots
+from manyicl.harness.settings import EvalConfig
+from manyicl.tasks import lm_eval_metrics
+from manyicl.tasks.registry import Example, TaskData, load_examples, load_task
+from manyicl.train.sequences import Renderer
 
 VOCAB = "the a movie film good bad great awful plot actor was is and of to with people money".split()
 

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.results import _FIELD_TYPES, ResultRecord, read_records, write_records
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.results import _FIELD_TYPES, ResultRecord, read_records, write_records
 
 GOOD = {"model": "m", "model_path": "/m", "base_model": "/m", "method": "base", "task": "sst2",
         "family": "classification", "role": "train", "shots": "many", "shots_min": 3, "shots_mean": 3.5,

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.schemas import (
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.schemas import (
     SCHEMA_VERSION,
     CheckpointInfo,
     EvalManifest,

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.settings import TrainConfig
-from tasks.registry import Example, TaskData, load_examples, load_task
-from train.sequences import (
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.settings import TrainConfig
+from manyicl.tasks.registry import Example, TaskData, load_examples, load_task
+from manyicl.train.sequences import (
     IGNORE_INDEX,
     METHODS,
     Budget,
@@ -495,7 +495,7 @@ def test_no_rows_at_all_is_refused():
 
 
 def test_build_training_data_respects_the_budget(tokenizer, tiny_data, chat):
-    from train.trainer import build_training_data
+    from manyicl.train.trainer import build_training_data
 
     datasets = [load_examples(load_task(name), tiny_data) for name in ("sst2", "rte")]
     cfg = TrainConfig(method="manyicl", tasks=["sst2", "rte"], max_seq_len=200, max_tokens=1500, batch_size=2,

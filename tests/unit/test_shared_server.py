@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.lm_eval_bridge import choose_backend, eval_server_args
-from harness.serve import parallel_args, server_command
-from harness.settings import EvalConfig
-from harness.shared_server import adapter_arms, evaluate_arms
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.lm_eval_bridge import choose_backend, eval_server_args
+from manyicl.harness.serve import parallel_args, server_command
+from manyicl.harness.settings import EvalConfig
+from manyicl.harness.shared_server import adapter_arms, evaluate_arms
 
 
 def _model(folder: Path) -> Path:
@@ -54,9 +54,9 @@ def test_parallel_sizes_belong_to_the_vllm_backend(monkeypatch):
     for backend in ("hf", "prefix"):
         with pytest.raises(HarnessError, match="apply to the vLLM backend"):
             choose_backend(EvalConfig(tensor_parallel_size=2, backend=backend), {"multiple_choice"})
-    monkeypatch.setattr("harness.serve.vllm_available", lambda: True)
+    monkeypatch.setattr("manyicl.harness.serve.vllm_available", lambda: True)
     assert choose_backend(EvalConfig(data_parallel_size=2), {"multiple_choice"})[0] == "vllm"
-    monkeypatch.setattr("harness.serve.vllm_available", lambda: False)
+    monkeypatch.setattr("manyicl.harness.serve.vllm_available", lambda: False)
     with pytest.raises(HarnessError, match="A vLLM parallel size needs vLLM installed"):
         choose_backend(EvalConfig(tensor_parallel_size=2), {"multiple_choice"})
 

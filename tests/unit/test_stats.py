@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from harness.errors import HarnessError
-from harness.stats import (
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.stats import (
     Cluster,
     bootstrap_interval,
     compare,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.settings import StudyConfig
-from harness.study_estimate import dry_run_text, estimate_study, memory
-from harness.study_stages import plan_stages
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.settings import StudyConfig
+from manyicl.harness.study_estimate import dry_run_text, estimate_study, memory
+from manyicl.harness.study_stages import plan_stages
 
 THROUGHPUT = {"train_tokens_per_s": 100, "eval_documents_per_s": {"0": 10, "k": 5, "many": 2},
               "stage_start_s": {"train": 20, "eval": 10}, "peak_memory_gib": 3.0, "source": "made up for a test"}
@@ -97,8 +97,8 @@ def test_curve_points_add_one_evaluation_each_outside_evals(tmp_path):
 
 
 def test_zero_shots_need_one_demonstration_seed():
-    from harness.evaluate import demonstration_seeds
-    from harness.settings import EvalConfig
+    from manyicl.harness.evaluate import demonstration_seeds
+    from manyicl.harness.settings import EvalConfig
 
     cfg = EvalConfig(seeds=3, seed=10)
     assert demonstration_seeds(cfg, "0") == [10]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.errors import HarnessError
-from tasks.formats import (
+from manyicl.harness.errors import HarnessError
+from manyicl.tasks.formats import (
     PARSERS,
     parse_csv,
     parse_jsonl,
@@ -19,7 +19,14 @@ from tasks.formats import (
     parse_trec_lines,
     parse_winogrande_jsonl,
 )
-from tasks.registry import builtin_task_files, list_tasks, load_examples, load_task, parse_task_list, validate
+from manyicl.tasks.registry import (
+    builtin_task_files,
+    list_tasks,
+    load_examples,
+    load_task,
+    parse_task_list,
+    validate,
+)
 
 BUILTIN = builtin_task_files()
 BUILTIN_IDS = [p.stem for p in BUILTIN]

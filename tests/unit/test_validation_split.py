@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.errors import HarnessError
-from harness.prompts import demonstration_pool
-from harness.settings import TrainConfig
-from tasks.registry import load_examples, load_task, validate
-from train.sequences import Renderer
+from manyicl.harness.errors import HarnessError
+from manyicl.harness.prompts import demonstration_pool
+from manyicl.harness.settings import TrainConfig
+from manyicl.tasks.registry import load_examples, load_task, validate
+from manyicl.train.sequences import Renderer
 
 
 def _task(folder: Path, name: str, rows: int = 50, validation: dict | None = None, duplicate: bool = False,
@@ -111,7 +111,7 @@ def test_demonstration_pool_never_holds_a_validation_row(tiny_data):
 def test_training_rows_never_hold_a_validation_row(tiny_model, tiny_data):
     from transformers import AutoTokenizer
 
-    from train.trainer import build_training_data
+    from manyicl.train.trainer import build_training_data
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     renderer = Renderer(tokenizer, "chat")
