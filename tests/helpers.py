@@ -1,10 +1,12 @@
-"""Helpers the test tiers share: running the CLI in-process, and checking that processes are gone."""
+"""Helpers the test tiers share: running the CLI in-process, checking that processes are gone, and a tiny model
+with shaken weights."""
 
 from __future__ import annotations
 
 import io
 import sys
 from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +50,19 @@ def alive(pids: list[int]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return running
+
+
+def shaken_model(tiny_model: Path, target: Path, noise: float, seed: int = 3) -> Path:
+    """The tiny model with seeded noise on every weight, saved with its tokenizer into `target`: choices'
+    log-likelihoods then differ between documents and greedy generation says more than newlines."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    net = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.add_(torch.randn_like(param) * noise)
+    net.save_pretrained(target)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(target)
+    return target

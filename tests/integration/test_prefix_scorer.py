@@ -13,6 +13,7 @@ from manyicl.harness.lm_eval_bridge import write_lm_eval_task
 from manyicl.harness.prompts import build_prompts
 from manyicl.tasks.registry import load_examples, parse_task_list
 from manyicl.train.sequences import Renderer
+from tests.helpers import shaken_model
 
 pytestmark = pytest.mark.integration
 
@@ -28,18 +29,7 @@ NOISE = 0.2
 def model(tiny_model, tmp_path_factory) -> Path:
     """The tiny model with its weights shaken, so choices' log-likelihoods differ between documents and greedy
     generation says more than newlines."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(3)
-    net = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    with torch.no_grad():
-        for param in net.parameters():
-            param.add_(torch.randn_like(param) * NOISE)
-    target = tmp_path_factory.mktemp("noisy-tiny")
-    net.save_pretrained(target)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(target)
-    return target
+    return shaken_model(tiny_model, tmp_path_factory.mktemp("noisy-tiny"), NOISE)
 
 
 @pytest.fixture(scope="module")

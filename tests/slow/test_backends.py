@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from manyicl.harness.serve import vllm_available
+from tests.helpers import shaken_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")]
 
@@ -26,18 +27,7 @@ def _records(path: Path) -> list[dict]:
 def model(tiny_model, tmp_path_factory) -> Path:
     """The tiny model with its weights shaken, so greedy generation says something other than newlines and the
     choices' log-likelihoods differ from document to document."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(3)
-    net = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    with torch.no_grad():
-        for param in net.parameters():
-            param.add_(torch.randn_like(param) * NOISE)
-    target = tmp_path_factory.mktemp("noisy-tiny")
-    net.save_pretrained(target)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(target)
-    return target
+    return shaken_model(tiny_model, tmp_path_factory.mktemp("noisy-tiny"), NOISE)
 
 
 @pytest.fixture(scope="module")
