@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import resource
 import shlex
 import sys
@@ -28,26 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from manyicl.harness.runs import hardware_line
+
 SHOTS_QUICK = ["0", "8", "32", "many"]
 SHOTS_FULL = ["0", "8", "32", "128", "many"]
-
-
-def _hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal")) / 2**20
-    except (OSError, StopIteration):
-        mem = float("nan")
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB RAM, {gpu}; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; Python {platform.python_version()}")
 
 
 def _peak_rss_gib() -> float:
@@ -145,7 +127,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     began = time.perf_counter()
     print(f"date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
     print(f"command: {shlex.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"hardware: {_hardware()}")
+    print(f"hardware: {hardware_line()}")
     model = resolve_model(args.model)
     tokenizer = load_tokenizer(model)
     renderer = Renderer(tokenizer, "chat")

@@ -25,30 +25,16 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from manyicl.harness.runs import hardware_line
+
 ARMS = (("zero-shot", "zero-shot"), ("few-shot k=4", "few-shot"), ("manyicl", "manyicl"))
 LORA_R = 16
-
-
-def _hardware() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}; torch {torch.__version__}"
 
 
 def bare_limit(model_path: str, length: int, lora_r: int, steps: int, warmup: int, batch_size: int = 1) -> dict:
@@ -159,7 +145,7 @@ def main() -> None:
     model_path = resolve_model(args.model).path
     started = time.time()
     results: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                     "command": shlex.join([sys.executable, *sys.argv]), "hardware": _hardware(),
+                     "command": shlex.join([sys.executable, *sys.argv]), "hardware": hardware_line(),
                      "model": model_path, "tasks": args.tasks, "steps": steps, "warmup_steps": args.warmup_steps,
                      "limit": {}, "runs": {}}
     for length in lengths:
