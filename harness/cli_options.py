@@ -47,7 +47,7 @@ MaxTargetsOpt = Annotated[int | None, _from(TrainConfig, "max_targets", "--max-t
 TrainShotsOpt = Annotated[int | None, _from(TrainConfig, "shots", "--shots")]
 LoraROpt = Annotated[int | None, _from(TrainConfig, "lora_r", "--lora-r", panel="Model")]
 LoraMergeOpt = Annotated[bool | None, _from(TrainConfig, "lora_merge", "--lora-merge/--no-lora-merge", panel="Model")]
-LearningRateOpt = Annotated[float | None, _from(TrainConfig, "learning_rate", "--lr")]
+LearningRateOpt = Annotated[float | None, _from(TrainConfig, "learning_rate", "--learning-rate", "--lr")]
 TrainBatchOpt = Annotated[int | None, _from(TrainConfig, "batch_size", "--batch-size")]
 GradAccumOpt = Annotated[int | None, _from(TrainConfig, "grad_accum", "--grad-accum")]
 ExamplesPerTaskOpt = Annotated[int | None, _from(TrainConfig, "examples_per_task", "--examples-per-task")]

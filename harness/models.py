@@ -142,6 +142,29 @@ def check_model_folder(path: Path) -> None:
                            "tokenizer into it (`tokenizer.save_pretrained`).")
 
 
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def model_context(model: ResolvedModel) -> int | None:
+    """The longest sequence the model's positions cover (config.json), or None where no local config says (a hub
+    id: transformers and vLLM check it there)."""
+    config_path = Path(model.path) / "config.json"
+    if not config_path.exists():
+        return None
+    config = _read_config(config_path)
+    config = config.get("text_config", config)  # multimodal configs nest the language model's
+    return next((int(config[k]) for k in _CONTEXT_KEYS if isinstance(config.get(k), int) and config[k] > 0), None)
+
+
+def check_context(model: ResolvedModel, length: int, flag: str) -> None:
+    """Refuse a sequence length beyond the model's positions: training there learns nothing sound, and scoring
+    there silently degrades (or vLLM refuses mid-run)."""
+    context = model_context(model)
+    if context is not None and length > context:
+        raise HarnessError(f"{flag} {length} is beyond {model.name}'s context of {context} tokens "
+                           f"(max_position_embeddings in its config.json); use at most {context}.")
+
+
 def _model_name_for(path: Path) -> str:
     # A checkpoint inside a run directory is named after the run, which says model and method.
     if path.name in {"final", "merged", "adapter"} and (path.parent / "manifest.json").exists():

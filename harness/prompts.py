@@ -118,5 +118,11 @@ def build_prompts(data: TaskData, renderer: Renderer, shots: str, seed: int, max
     if not docs:
         raise HarnessError(f"No document of task {task.name} fits in {max_length} tokens even with no demonstrations; "
                            "raise --max-length.")
+    short = [d for d in docs if d.shots_used < wanted]
+    if shots != "many" and short:
+        # A score labelled k shots must be a k-shot score: refuse rather than mix in fewer-shot documents.
+        raise HarnessError(f"At --shots {shots}, {len(short)} of {len(docs)} {task.name} documents fit only "
+                           f"{min(d.shots_used for d in short)}-{max(d.shots_used for d in short)} demonstrations in "
+                           f"{max_length} tokens; raise --max-length, lower --shots, or use `many`.")
     return PromptSet(task=task, shots=shots, seed=seed, docs=docs, skipped=skipped)
 

@@ -20,7 +20,17 @@ from manyicl.harness.prompts import parse_shots
 from manyicl.harness.report import write_outputs
 from manyicl.harness.runs import write_yaml
 from manyicl.harness.schemas import STATE_FILE, Provenance, StageResult, StudyManifest, StudyState
-from manyicl.harness.settings import ARMS, EvalConfig, StudyConfig, TrainConfig, split_list, to_dict
+from manyicl.harness.settings import (
+    ARMS,
+    EvalConfig,
+    StudyConfig,
+    TrainConfig,
+    check_settings,
+    flag_name,
+    read_yaml_mapping,
+    split_list,
+    to_dict,
+)
 from manyicl.harness.study_display import NullDisplay, estimate_left
 from manyicl.harness.study_stages import (
     Stage,
@@ -46,29 +56,23 @@ def load_study(config: str | Path | None, preset: str | None, overrides: dict[st
         path = PRESETS_DIR / f"{preset}.yaml"
         if preset not in study_presets():
             raise HarnessError(f"Unknown preset `{preset}`; choose one of {', '.join(study_presets())}.")
-        data.update(yaml.safe_load(path.read_text()))
+        data.update(check_settings(StudyConfig, read_yaml_mapping(path, "Preset"), lambda name: f"Preset {preset}: `{name}`"))
+    source = f"Preset {preset}:" if preset else "The study"
     if config:
         path = Path(config)
-        if not path.exists():
-            raise HarnessError(f"Study file {path} does not exist; check the path.")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise HarnessError(f"Study file {path} must be a mapping of settings.")
-        data.update(raw)
+        source = f"Study file {path}:"
+        raw = read_yaml_mapping(path, "Study file")
+        data.update(check_settings(StudyConfig, raw, lambda name: f"{source} `{name}`"))
     given = {k: v for k, v in overrides.items() if v is not None}  # the CLI passes every flag, unset ones as None
     if not data and not given:
         raise HarnessError("Give a study: --config study.yaml or --preset smoke|demo|paper.")
-    data.update(given)
-    names = {f.name for f in dataclasses.fields(StudyConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise HarnessError(f"Unknown study setting `{unknown[0]}`; known: {', '.join(sorted(names))}.")
+    data.update(check_settings(StudyConfig, given, flag_name))
     cfg = StudyConfig(**data)
-    _validate(cfg)
+    _validate(cfg, source)
     return cfg
 
 
-def _validate(cfg: StudyConfig) -> None:
+def _validate(cfg: StudyConfig, source: str = "The study") -> None:
     bad = [a for a in cfg.arms if a not in ARMS]
     if bad:
         raise HarnessError(f"Unknown arm `{bad[0]}`; arms are {', '.join(ARMS)}.")
@@ -89,7 +93,11 @@ def _validate(cfg: StudyConfig) -> None:
         if key not in eval_fields or key in {"model", "tasks", "heldout", "probes", "probe_tasks", "output_dir",
                                              "data_dir", "method", "base_results"}:
             raise HarnessError(f"Study `eval.{key}` is not a shared evaluation setting.")
-    train = TrainConfig(**{k: v for k, v in cfg.train.items() if k != "seeds"})
+    # Types and ranges, as `harness train` and `harness evaluate` would check them, before any stage runs.
+    shared = {k: v for k, v in cfg.train.items() if k != "seeds"}
+    train = TrainConfig(**check_settings(TrainConfig, shared, lambda name: f"{source} `train.{name}`"))
+    for part in ("eval", "curve_eval"):
+        EvalConfig(**check_settings(EvalConfig, getattr(cfg, part), lambda name, part=part: f"{source} `{part}.{name}`"))
     training_seeds(cfg)
     if not train.budget_given:
         raise HarnessError("The study needs a matched budget: set train.max_steps and/or train.max_tokens.")
@@ -107,6 +115,12 @@ def run_study(cfg: StudyConfig, display: Any = None) -> Path:
     # A polite kill (SIGTERM) unwinds like Ctrl-C, so the running stage and its children are stopped too.
     with sigterm_as_exit():
         return _run_stages(cfg, root, display or NullDisplay())
+
+
+def unfinished_stages(root: Path) -> dict[str, str]:
+    """The stages of a study's last run that failed or were blocked by a failed one, with their status."""
+    manifest = StudyManifest.read(root / "manifest.json")
+    return {name: status for name, status in manifest.stages.items() if status in {"failed", "blocked"}}
 
 
 def _run_stages(cfg: StudyConfig, root: Path, display: Any) -> Path:

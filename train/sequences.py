@@ -407,8 +407,43 @@ class Budget:
                 raise HarnessError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
 
 
-def select_rows(row_epochs: Iterable[list[Row]], budget: Budget) -> tuple[list[Row], int]:
-    """Take rows epoch after epoch until the budget is met; returns the rows and the epochs started."""
+# What one selected token costs in memory until training starts: a slot in the row's input_ids and labels lists
+# (8 bytes each) and its copy in the training Dataset (int64 ids, labels and position ids), with room to spare.
+BYTES_PER_ROW_TOKEN = 64
+
+
+def available_memory() -> int:
+    """Bytes this machine can still give (psutil's `available`: free plus reclaimable cache)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_budget_fits(first_epoch: list[Row], budget: Budget, memory_bytes: int) -> None:
+    """Refuse, from the first epoch's rows, a budget whose rows would not fit in half the memory left (they are
+    built in memory before training starts): a typo like --max-steps 100000000 must cost seconds, not a swap storm."""
+    rows = len(first_epoch)
+    tokens = sum(r.num_tokens for r in first_epoch)
+    targets = sum(r.num_targets for r in first_epoch)
+    wanted = [budget.max_steps * budget.rows_per_step if budget.max_steps else None,
+              budget.max_tokens * rows / tokens if budget.max_tokens else None,
+              budget.max_targets * rows / targets if budget.max_targets and targets else None]
+    needed_rows = min((w for w in wanted if w is not None), default=None)
+    if needed_rows is None or not rows:
+        return
+    needed_bytes = needed_rows * tokens / rows * BYTES_PER_ROW_TOKEN
+    if needed_bytes > memory_bytes / 2:
+        gib = 2**30
+        raise HarnessError(f"The budget asks for about {needed_rows:,.0f} training rows ({needed_rows / rows:,.0f} "
+                           f"epochs of {rows:,} rows), about {needed_bytes / gib:,.1f} GiB in memory where "
+                           f"{memory_bytes / gib:,.1f} GiB is available; lower --max-steps/--max-tokens/--max-targets.")
+
+
+def select_rows(row_epochs: Iterable[list[Row]], budget: Budget,
+                memory_bytes: int | None = None) -> tuple[list[Row], int]:
+    """Take rows epoch after epoch until the budget is met; returns the rows and the epochs started. A budget
+    whose rows would not fit in memory (`memory_bytes`, default what is available) is refused after the first
+    epoch."""
     chosen: list[Row] = []
     tokens = targets = 0
     max_rows = budget.max_steps * budget.rows_per_step if budget.max_steps else None
@@ -416,6 +451,8 @@ def select_rows(row_epochs: Iterable[list[Row]], budget: Budget) -> tuple[list[R
     for rows in row_epochs:
         if not rows:
             break
+        if epochs == 0:
+            check_budget_fits(rows, budget, available_memory() if memory_bytes is None else memory_bytes)
         epochs += 1
         for row in rows:
             if max_rows is not None and len(chosen) >= max_rows:

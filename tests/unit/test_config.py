@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -10,7 +11,15 @@ import yaml
 from typer.testing import CliRunner
 
 from manyicl.harness.errors import HarnessError
-from manyicl.harness.settings import TrainConfig, help_for, load_settings, to_dict
+from manyicl.harness.settings import (
+    LR_SCHEDULERS,
+    EvalConfig,
+    TrainConfig,
+    check_settings,
+    help_for,
+    load_settings,
+    to_dict,
+)
 
 
 def _yaml(tmp_path: Path, data) -> Path:
@@ -148,3 +157,70 @@ def test_cli_unknown_key_in_config_file(tmp_path, captured):
     assert isinstance(result.exception, HarnessError)
     assert "unknown setting `colour`" in str(result.exception)
     assert captured == []
+
+
+# --------------------------------------------------------------------------- values checked before use
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"max_steps": "two"}, r"`max_steps` must be a whole number, not the text \"two\"\.$"),
+    ({"max_seq_len": "256"}, r"not the text \"256\"; write it without quotes"),
+    ({"max_seq_len": 15}, r"`max_seq_len` must be at least 16, not 15"),
+    ({"max_steps": True}, r"must be a whole number, not true or false"),
+    ({"learning_rate": 0}, r"must be above 0, not 0"),
+    ({"learning_rate": "fast"}, r"must be a number, not the text \"fast\""),
+    ({"warmup_ratio": 1.0}, r"must be below 1, not 1"),
+    ({"lora_merge": "no"}, r"must be true or false"),
+    ({"tasks": {"sst2": 1}}, r"must be a list, not a mapping"),
+    ({"tasks": ["sst2", ["rte"]]}, r"must be a list of texts"),
+    ({"curve_points": [0.5, "half"]}, r"must be a list of numbers"),
+    ({"method": "manyICL"}, r"must be one of zero-shot, .* not `manyICL`"),
+    ({"lr_scheduler": "cosine_annealing"}, r"must be one of linear, cosine"),
+    ({"batch_size": None}, r"must be a whole number, not empty"),
+])
+def test_a_bad_value_names_the_setting_in_the_file(tmp_path, values, message):
+    path = _yaml(tmp_path, values)
+    with pytest.raises(HarnessError) as err:
+        load_settings(TrainConfig, path)
+    assert str(err.value).startswith(f"Config file {path}: `{next(iter(values))}` ")
+    assert re.search(message, str(err.value)), str(err.value)
+
+
+def test_a_bad_flag_is_named_as_a_flag():
+    with pytest.raises(HarnessError, match=r"^--max-seq-len must be at least 16, not 0\.$"):
+        load_settings(TrainConfig, None, {"max_seq_len": 0})
+    with pytest.raises(HarnessError, match=r"^--dtype must be one of auto, bfloat16, float16, float32, not `fp16`\.$"):
+        load_settings(EvalConfig, None, {"dtype": "fp16"})
+
+
+def test_sound_values_are_taken_and_converted(tmp_path):
+    # PyYAML reads 2e-5 (no dot) as text: a float field takes it as the number it means
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 2e-5\nwarmup_ratio: 0\nmax_tokens: 1000\ncurve_points: [0.5, 1]\n")
+    cfg = load_settings(TrainConfig, path)
+    assert cfg.learning_rate == 2e-5 and isinstance(cfg.warmup_ratio, float) and cfg.max_tokens == 1000
+    assert cfg.curve_points == [0.5, 1.0]
+
+
+def test_the_scheduler_choices_are_transformers_own():
+    from transformers import SchedulerType
+
+    assert set(LR_SCHEDULERS) == {t.value for t in SchedulerType}
+
+
+def test_check_settings_names_where_a_value_came_from():
+    with pytest.raises(HarnessError, match=r"^Study s\.yaml: `train\.seed` must be at least 0, not -1\.$"):
+        check_settings(TrainConfig, {"seed": -1}, lambda name: f"Study s.yaml: `train.{name}`")
+    with pytest.raises(HarnessError, match=r"`train\.colour` is not a setting; known: "):
+        check_settings(TrainConfig, {"colour": 1}, lambda name: f"`train.{name}`")
+
+
+def test_a_runs_config_yaml_loads_back_with_absolute_task_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_settings(TrainConfig, None, {"tasks": "mine.yaml,rte", "data_dir": "data", "max_steps": 2})
+    assert cfg.tasks == [str(tmp_path / "mine.yaml"), "rte"] and cfg.data_dir == str(tmp_path / "data")
+    recorded = to_dict(cfg) | {"format": "chat", "model_path": "/models/x", "adapter": None}  # what a run writes
+    path = _yaml(tmp_path, recorded)
+    monkeypatch.chdir("/")
+    again = load_settings(TrainConfig, path)
+    assert again == TrainConfig(**(to_dict(cfg) | {"format": "chat"}))

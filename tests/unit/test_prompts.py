@@ -181,16 +181,25 @@ def test_many_at_the_exact_fit_boundary(fmt, tokenizer, sst2, asdiv):
             assert short.shots_used == n - 1
 
 
-def test_k_shot_drops_demonstrations_only_when_the_query_needs_the_room(chat):
+def test_k_shots_that_do_not_fit_every_document_are_refused(chat):
+    """A score labelled k shots must be a k-shot score: where a long query leaves room for fewer demonstrations,
+    the setting is refused (saying how many documents fit how few), never silently scored with fewer."""
     data = hand_data(10, ["test item short", "test item long " + " ".join(VOCAB * 12)])
     pool = demonstration_pool(data, 1)
     short_q, long_q = (e.input for e in data.test)
     # room for the long query with exactly one demonstration
     max_length = count(chat, chat.prompt(pool[:1], long_q)) + reserve(chat, data, data.test[1])
     assert count(chat, chat.prompt(pool[:4], short_q)) < max_length - 10
-    short, long_ = build_prompts(data, chat, "4", 1, max_length, None).docs
-    assert short.shots_used == 4 and short.prompt == chat.prompt(pool[:4], short_q)
-    assert long_.shots_used == 1 and long_.prompt == chat.prompt(pool[:1], long_q)
+    with pytest.raises(HarnessError, match=rf"^At --shots 4, 1 of 2 sst2 documents fit only 1-1 demonstrations in "
+                                           rf"{max_length} tokens; raise --max-length, lower --shots, or use `many`"):
+        build_prompts(data, chat, "4", 1, max_length, None)
+    assert [d.shots_used for d in build_prompts(data, chat, "1", 1, max_length, None).docs] == [1, 1]
+    # `many` takes what fits, document by document
+    short, long_ = build_prompts(data, chat, "many", 1, max_length, None).docs
+    assert short.shots_used > 1 and long_.shots_used == 1 and long_.prompt == chat.prompt(pool[:1], long_q)
+    roomy = count(chat, chat.prompt(pool[:4], long_q)) + reserve(chat, data, data.test[1])
+    short, long_ = build_prompts(data, chat, "4", 1, roomy, None).docs
+    assert short.prompt == chat.prompt(pool[:4], short_q) and long_.prompt == chat.prompt(pool[:4], long_q)
 
 
 def test_more_shots_than_the_train_split_is_refused(sst2, chat):

@@ -491,6 +491,32 @@ def test_no_rows_at_all_is_refused():
         select_rows(_forever([]), Budget(max_steps=2))
 
 
+@pytest.mark.parametrize("budget", [Budget(max_steps=10**9), Budget(max_tokens=10**12),
+                                    Budget(max_targets=10**11, max_steps=10**10)])
+def test_a_budget_beyond_memory_is_refused_after_the_first_epoch(budget):
+    # 4 rows of 10 tokens an epoch; 64 bytes a token: 10**9 rows would need 640 GB, far beyond the 1 GiB given.
+    rows = [_row(10, targets=1) for _ in range(4)]
+    epochs_built = []
+
+    def counted():
+        for epoch in _forever(rows):
+            epochs_built.append(1)
+            yield epoch
+
+    with pytest.raises(HarnessError, match=r"The budget asks for about [\d,]+ training rows .* GiB is available"):
+        select_rows(counted(), budget, memory_bytes=2**30)
+    assert len(epochs_built) == 1  # refused before a second epoch was built
+
+
+def test_a_budget_within_memory_is_taken():
+    # 100 rows x 10 tokens x 64 bytes = 64 KB: fits in half of 1 MiB
+    rows = [_row(10, targets=1) for _ in range(4)]
+    chosen, epochs = select_rows(_forever(rows), Budget(max_steps=100), memory_bytes=2**20)
+    assert len(chosen) == 100 and epochs == 25
+    with pytest.raises(HarnessError, match="about 2,000 training rows"):  # 1.28 MB > half of 256 KiB
+        select_rows(_forever(rows), Budget(max_steps=2000), memory_bytes=2**18)
+
+
 # --------------------------------------------------------------------------- the training data of a run
 
 
