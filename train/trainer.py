@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import statistics
 import time
@@ -12,12 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from manyicl.harness.errors import HarnessError
-from manyicl.harness.models import CHECKPOINT_INFO, ResolvedModel, load_tokenizer, resolve_model
-from manyicl.harness.runs import new_run_dir, publish_dir, write_json, write_yaml
+from manyicl.harness.models import (
+    CHECKPOINT_INFO,
+    ResolvedModel,
+    check_context,
+    load_tokenizer,
+    resolve_model,
+)
+from manyicl.harness.runs import check_output_folder, new_run_dir, publish_dir, write_json, write_yaml
 from manyicl.harness.schemas import CheckpointInfo, Provenance, TrainManifest, is_complete
 from manyicl.harness.settings import CURVE_DIR, METHODS, TRAIN_ARMS, TrainConfig, to_dict
-from manyicl.tasks.registry import TaskData, load_examples, parse_task_list
-from manyicl.train import distributed
+from manyicl.tasks.registry import TASKS_DIR, TaskData, load_examples, parse_task_list
+from manyicl.train import checkpoints, distributed
 from manyicl.train.sequences import (
     Budget,
     Renderer,
@@ -29,6 +36,8 @@ from manyicl.train.sequences import (
     resolve_format,
     select_rows,
 )
+
+log = logging.getLogger(__name__)
 
 REPORTERS = ("none", "tensorboard", "wandb")
 TENSORBOARD_DIR = "tensorboard"  # under the run directory; checkpoints/ is deleted when the run finishes
@@ -163,16 +172,17 @@ def run_training(cfg: TrainConfig) -> Path:
     """Train one arm (or, for `dedicated`, one model per task) and return the run directory."""
     _check(cfg)
     if distributed.needs_launch(cfg):  # --num-processes N > 1 re-runs this under `accelerate launch`
+        # Refuse a changed setting here, once, rather than in each launched process (N errors, a failed launch).
+        if cfg.output_dir and _existing_run(cfg, Path(cfg.output_dir), resolve_model(cfg.model)):
+            return Path(cfg.output_dir)
         return distributed.launch_training(cfg)
     distributed.adopt_world(cfg)  # the launched world size, and one run directory for all ranks
     model = resolve_model(cfg.model)
+    check_context(model, cfg.max_seq_len, "--max-seq-len")
     run_dir = Path(cfg.output_dir) if cfg.output_dir else new_run_dir("runs", model.name, cfg.method)
-    if is_complete(run_dir):
-        return run_dir  # finished earlier: nothing to redo
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
-        raise HarnessError(f"Run directory {run_dir} already holds an unfinished run; pass --resume to continue it "
-                           "or choose another --output-dir.")
-    distributed.check_resume(run_dir, cfg)
+    check_output_folder(run_dir)
+    if _existing_run(cfg, run_dir, model):
+        return run_dir  # finished earlier with these settings: nothing to redo
     distributed.barrier()  # every rank has checked the directory before rank 0 writes into it
     if cfg.method == "dedicated":
         return _run_dedicated(cfg, model, run_dir)
@@ -181,11 +191,66 @@ def run_training(cfg: TrainConfig) -> Path:
     return run_dir
 
 
+def _existing_run(cfg: TrainConfig, run_dir: Path, model: ResolvedModel) -> bool:
+    """Whether `run_dir` holds a finished run made with these settings (reuse it). Refuses, before anything is
+    written, an unfinished run without --resume, and a finished or resumed run whose settings differ."""
+    finished = is_complete(run_dir)
+    if not finished and run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
+        raise HarnessError(f"Run directory {run_dir} already holds an unfinished run; pass --resume to continue it "
+                           "or choose another --output-dir.")
+    if finished or cfg.resume:
+        _refuse_changed_settings(cfg, run_dir, model, finished)
+    return finished
+
+
+def _refuse_changed_settings(cfg: TrainConfig, run_dir: Path, model: ResolvedModel, finished: bool) -> None:
+    """A run is continued (or reused) only with the settings it was started with (train/checkpoints.py says which
+    may differ): a checkpoint trained one way and continued another would be neither run."""
+    import os
+
+    import yaml
+
+    from manyicl.tasks.registry import DATA_DIR_ENV
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return  # stopped before it recorded anything: there is nothing to differ from
+    try:
+        old = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise HarnessError(f"Cannot resume {run_dir}: its config.yaml is not valid YAML "
+                           f"({getattr(err, 'problem', None) or err}); restore it or choose another --output-dir."
+                           ) from None
+    if not isinstance(old, dict):
+        raise HarnessError(f"Cannot resume {run_dir}: its config.yaml is not a mapping of settings; restore it or "
+                           "choose another --output-dir.")
+    if cfg.resume:
+        distributed.check_resume(run_dir, cfg)  # its own message for the rows per optimizer step
+    tokenizer: list[Any] = []
+
+    def resolve(fmt: str) -> str:
+        if fmt != "auto":
+            return fmt
+        if not tokenizer:  # loaded only when one side says `auto`
+            tokenizer.append(load_tokenizer(model))
+        return resolve_format(tokenizer[0], fmt)
+
+    new = to_dict(cfg) | {"model_path": model.path, "adapter": model.adapter}
+    change = checkpoints.changed_setting(old, new, data_dir_env=os.environ.get(DATA_DIR_ENV), resolve_format=resolve)
+    if change is None:
+        return
+    if finished:
+        raise HarnessError(f"{run_dir} holds a finished run trained with {change.sentence()}; give the same settings "
+                           "to reuse it, or choose another --output-dir.")
+    raise HarnessError(f"Cannot resume {run_dir}: it was trained with {change.sentence()}; resume with the same "
+                       "settings, or start a new run in another --output-dir.")
+
+
 def _run_dedicated(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
     datasets = _load_train_tasks(cfg)  # fail early on bad task names
     run_dir.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main_process():
-        write_yaml(run_dir / "config.yaml", to_dict(cfg))
+    if distributed.is_main_process():  # the model as resolved, as _start_run records it (a resume compares it)
+        write_yaml(run_dir / "config.yaml", to_dict(cfg) | {"model_path": model.path, "adapter": model.adapter})
     started = time.time()
     children = {}
     for data in datasets:
@@ -224,10 +289,10 @@ def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
     prepared = _prepare_data(cfg, model)
     manifest = _start_run(cfg, model, run_dir, prepared)
     trainer = _build_trainer(cfg, model, run_dir, prepared)
+    resume_from = _resume_point(cfg, run_dir, prepared.data.steps) if cfg.resume else None
     train_started = time.time()
-    # Resume only when there is something to resume from: a first attempt may have died before its first save.
-    resume = cfg.resume and any((run_dir / "checkpoints").glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    # An explicit, verified checkpoint (or none: from step 0), never transformers' "highest number" pick.
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_seconds = time.time() - train_started
     info = _save_final(trainer, cfg, model, run_dir, prepared)
     if info is None:
@@ -235,6 +300,35 @@ def _train_one(cfg: TrainConfig, model: ResolvedModel, run_dir: Path) -> Path:
     _finish_run(cfg, manifest, run_dir, prepared, info, steps=result.global_step, started=started,
                 train_seconds=train_seconds, tokens_seen_by_trainer=trainer.state.num_input_tokens_seen)
     return run_dir
+
+
+def _resume_point(cfg: TrainConfig, run_dir: Path, steps: int) -> Path | None:
+    """The newest complete checkpoint to continue from (None: from step 0). Every rank reads the same folders;
+    then rank 0 alone sets the incomplete checkpoints aside (transformers must never pick one, and the resumed run
+    rewrites their step), drops the log lines and learning-curve points of the steps to be redone, and says where
+    it resumes."""
+    folder = run_dir / "checkpoints"
+    log_path = run_dir / "train_log.jsonl"
+    plan = checkpoints.plan_resume(folder)
+    tried_before = plan.checkpoint is not None or bool(plan.broken) or log_path.exists()
+    distributed.barrier()  # every rank has read the folders before rank 0 renames any
+    if distributed.is_main_process():
+        said = plan.describe(folder)  # before the renames it names
+        for broken, _ in plan.broken:
+            checkpoints.set_aside(broken)
+        checkpoints.trim_log(log_path, plan.step)
+        # A point past the checkpoint was saved by the attempt being redone; the resumed run saves it again.
+        for step, fraction in curve_steps(cfg, steps).items():
+            if step > plan.step and fraction < 1:
+                shutil.rmtree(curve_folder(run_dir, fraction), ignore_errors=True)
+        if tried_before:
+            log.warning("%s", said)
+            with open(log_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": plan.step, "time": round(time.time(), 3),
+                                         "resumed_from": plan.checkpoint.name if plan.checkpoint else None,
+                                         "skipped": {p.name: why for p, why in plan.broken}}) + "\n")
+    distributed.barrier()  # the folders are settled before any rank loads the checkpoint
+    return plan.checkpoint
 
 
 def _prepare_data(cfg: TrainConfig, model: ResolvedModel) -> _Prepared:
@@ -265,9 +359,20 @@ def _start_run(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepared: 
                              num_processes=cfg.num_processes)
     if distributed.is_main_process():  # only rank 0 writes the run directory
         write_yaml(run_dir / "config.yaml", resolved)
+        _copy_task_files(prepared.datasets, run_dir)
         write_json(run_dir / "data_stats.json", stats)
         manifest.write(run_dir / "manifest.json")
     return manifest
+
+
+def _copy_task_files(datasets: list[TaskData], run_dir: Path) -> None:
+    """A user's own task definitions, copied into the run (task_files/): config.yaml names them by absolute path,
+    and the copy keeps the definition this run trained on if the original is later edited or moved."""
+    for data in datasets:
+        source = Path(data.task.path)
+        if source.parent != TASKS_DIR:
+            (run_dir / "task_files").mkdir(exist_ok=True)
+            shutil.copyfile(source, run_dir / "task_files" / f"{data.task.name}{source.suffix}")
 
 
 def fused_head_on_trained_positions_only() -> bool:
@@ -338,7 +443,9 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
         weight_decay=cfg.weight_decay,
         logging_steps=1,
         save_steps=cfg.save_steps,
-        save_total_limit=1,
+        # Rotation is ours (MarkCompleteThenRotate): transformers' deletes the older checkpoint inside
+        # _save_checkpoint, before the new one is known to be complete.
+        save_total_limit=None,
         report_to=_reporters(cfg),
         run_name=run_dir.name,
         # Validation loss on the arm's own kind of sequences, before training and every eval_steps; loss only,
@@ -374,6 +481,17 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
                 control.should_save = False
             return control
 
+    class MarkCompleteThenRotate(TrainerCallback):
+        # transformers calls on_save right after _save_checkpoint returns, so every file of the checkpoint exists
+        # (weights, optimizer, scheduler, RNG states, trainer state); the marker goes last, then older checkpoints.
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            distributed.barrier()  # every rank has written its own files (rng_state_<rank>.pth, optimizer shards)
+            if state.is_world_process_zero:
+                checkpoints.write_marker(folder, state.global_step)
+                checkpoints.rotate(folder.parent, keep=folder)
+            return control
+
     class LogToFile(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero:  # one log, rank 0's (losses are already gathered)
@@ -397,7 +515,8 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
     trainer = SFTTrainer(model=lm, args=args, train_dataset=dataset,
                          eval_dataset=as_dataset(eval_rows) if eval_rows else None,
                          processing_class=prepared.tokenizer, peft_config=peft_config,
-                         callbacks=[LogToFile(), SaveCurvePoints(), NoCheckpointAtTheEnd()])
+                         callbacks=[LogToFile(), SaveCurvePoints(), NoCheckpointAtTheEnd(),
+                                    MarkCompleteThenRotate()])
     _tensorboard_into(trainer, run_dir / TENSORBOARD_DIR)
     return trainer
 

@@ -151,7 +151,30 @@ def test_finished_run_returns_immediately(trained):
     assert (run / "train_log.jsonl").read_text() == log
 
 
-def test_interrupted_run_is_refused_without_resume_and_continues_with_it(base_args, tmp_path):
+def _stop_after(step: int):
+    """A stand-in for Trainer._maybe_log_save_evaluate that raises KeyboardInterrupt (Ctrl-C) once optimizer step
+    `step` is logged and its checkpoint written and marked complete."""
+    from transformers import Trainer
+
+    real = Trainer._maybe_log_save_evaluate
+
+    def then_stop(self, *a, **kw):
+        real(self, *a, **kw)
+        if self.state.global_step == step:
+            raise KeyboardInterrupt
+
+    return then_stop
+
+
+def _checkpoint_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())  # TRL also writes a README.md model card there
+
+
+def _said(caplog) -> str:
+    return " ".join(r.getMessage() for r in caplog.records)
+
+
+def test_interrupted_run_is_refused_without_resume_and_continues_with_it(base_args, tmp_path, caplog):
     from transformers import Trainer
 
     run = tmp_path / "run"
@@ -159,18 +182,13 @@ def test_interrupted_run_is_refused_without_resume_and_continues_with_it(base_ar
     settings.write_text("save_steps: 1\ntasks: [sst2]\n")
     args = [*base_args, "--config", str(settings), "--max-steps", "3", "-o", str(run)]
 
-    real_save = Trainer._save_checkpoint
-
-    def save_then_stop(self, *a, **kw):
-        real_save(self, *a, **kw)
-        if self.state.global_step == 2:
-            raise KeyboardInterrupt  # as if the person pressed Ctrl-C right after checkpoint 2
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "_save_checkpoint", save_then_stop)
+        mp.setattr(Trainer, "_maybe_log_save_evaluate", _stop_after(2))
         code, _, err = _harness(args)
     assert code == 130, err
-    assert (run / "checkpoints" / "checkpoint-2").is_dir()
+    # checkpoint-1 went only once checkpoint-2 was marked complete
+    assert _checkpoint_folders(run / "checkpoints") == ["checkpoint-2"]
+    assert (run / "checkpoints" / "checkpoint-2" / "complete.json").is_file()
     assert _read(run / "manifest.json")["status"] == "running"
     assert not (run / "final").exists()
 
@@ -182,11 +200,132 @@ def test_interrupted_run_is_refused_without_resume_and_continues_with_it(base_ar
 
     code, _, err = _harness([*args, "--resume"])
     assert code == 0, err
+    assert f"Resuming from {run / 'checkpoints' / 'checkpoint-2'} (step 2)." in _said(caplog)
     manifest = _read(run / "manifest.json")
     assert manifest["status"] == "complete" and manifest["steps"] == 3
     assert [row["step"] for row in _log(run) if "loss" in row] == [1, 2, 3], "resumed at step 3, not restarted"
     assert (run / "final" / "model.safetensors").exists()
     assert not (run / "checkpoints").exists()
+
+
+# --------------------------------------------------------------------------- faults: checkpoints a crash cannot poison
+
+FAULT_SETTINGS = "save_steps: 1\ntasks: [sst2]\ncurve_points: [0.5, 0.75]\n"  # a checkpoint after every step
+
+
+def _fault_args(base_args: list[str], folder: Path) -> list[str]:
+    settings = folder / "settings.yaml"
+    settings.write_text(FAULT_SETTINGS)
+    return [*base_args, "--config", str(settings), "--max-steps", "4", "--lr", "1e-3", "-o", str(folder / "run")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(base_args, tmp_path_factory) -> Path:
+    """The run the fault tests must reproduce exactly: the same settings, never stopped."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        code, _, err = _harness(_fault_args(base_args, folder), mp)
+    assert code == 0, err
+    return folder / "run"
+
+
+def _same_run(run: Path, reference: Path) -> None:
+    """The same losses step by step and bit-identical final weights (and learning-curve points)."""
+    import torch
+
+    assert _read(run / "manifest.json")["status"] == "complete" and _read(run / "manifest.json")["steps"] == 4
+    losses = [(row["step"], row["loss"]) for row in _log(run) if "loss" in row]
+    assert [step for step, _ in losses] == [1, 2, 3, 4], "each step logged once"
+    assert losses == [(row["step"], row["loss"]) for row in _log(reference) if "loss" in row]
+    for sub in ("final", "curve/0.5", "curve/0.75"):
+        mine, theirs = _weights(run / sub), _weights(reference / sub)
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), f"{sub} differs from the uninterrupted run"
+    assert not (run / "checkpoints").exists()
+
+
+# Run as `python -c KILLED_MID_SAVE harness-args...`: SIGKILL while checkpoint {step} is being written, after its
+# weights and before its optimizer, scheduler, RNG and trainer state (what a kill or a full disk leaves).
+KILLED_MID_SAVE = """
+import os, signal, sys
+from transformers import Trainer
+real = Trainer._save_optimizer_and_scheduler
+def die(self, output_dir):
+    if self.state.global_step == {step}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, output_dir)
+Trainer._save_optimizer_and_scheduler = die
+from manyicl.harness.cli import main
+sys.argv = ["harness", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_one(base_args, uninterrupted,
+                                                                                   tmp_path, caplog):
+    import signal
+
+    from transformers import Trainer
+
+    args = _fault_args(base_args, tmp_path)
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_SAVE.format(step=3), *args], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    folder = run / "checkpoints"
+    assert _checkpoint_folders(folder) == ["checkpoint-2", "checkpoint-3"]
+    assert (folder / "checkpoint-2" / "complete.json").is_file(), "the complete checkpoint outlived the next one"
+    broken = folder / "checkpoint-3"
+    assert not (broken / "complete.json").exists() and not (broken / "optimizer.pt").exists()
+    weights = broken / "model.safetensors"  # as if the kill had come while the weights were written, too
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    kept_point, redone_point = ((run / "curve" / p).stat().st_ino for p in ("0.5", "0.75"))
+
+    real_save = Trainer._save_checkpoint
+    seen: list[tuple[int, list[str]]] = []
+
+    def recording_save(self, *a, **kw):
+        seen.append((self.state.global_step, _checkpoint_folders(folder)))
+        return real_save(self, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "_save_checkpoint", recording_save)
+        code, _, err = _harness([*args, "--resume"])
+    assert code == 0, err
+    assert (f"Resuming from {folder / 'checkpoint-2'} (step 2); skipped checkpoint-3 (no completion marker), set "
+            "aside as incomplete-checkpoint-3.") in _said(caplog)
+    # transformers never saw the broken folder, and step 3 was saved afresh beside what was set aside
+    assert seen == [(3, ["checkpoint-2", "incomplete-checkpoint-3"])]
+    [resumed] = [row for row in _log(run) if "resumed_from" in row]
+    assert resumed["step"] == 2 and resumed["resumed_from"] == "checkpoint-2"
+    assert list(resumed["skipped"]) == ["checkpoint-3"]
+    # the point at step 2 came before the checkpoint and is kept; the one at step 3 was redone
+    assert (run / "curve" / "0.5").stat().st_ino == kept_point and (run / "curve" / "0.75").stat().st_ino != redone_point
+    _same_run(run, uninterrupted)
+
+
+def test_a_run_whose_only_checkpoint_is_broken_starts_over_and_says_so(base_args, uninterrupted, tmp_path, caplog):
+    from transformers import Trainer
+
+    args = _fault_args(base_args, tmp_path)
+    run = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "_maybe_log_save_evaluate", _stop_after(2))
+        code, _, err = _harness(args)
+    assert code == 130, err
+    folder = run / "checkpoints"
+    assert _checkpoint_folders(folder) == ["checkpoint-2"]
+    # cut short after its marker was written (a disk fault, a copy interrupted): the marker no longer matches
+    weights = folder / "checkpoint-2" / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:100])
+
+    code, _, err = _harness([*args, "--resume"])
+    assert code == 0, err
+    assert (f"No complete checkpoint in {folder}: skipped checkpoint-2 (model.safetensors has 100 bytes, not the "
+            f"{size} it was written with), set aside as incomplete-checkpoint-2; starting over from step 0."
+            ) in _said(caplog)
+    _same_run(run, uninterrupted)
 
 
 def test_checkpoints_are_saved_every_save_steps_but_not_at_the_last_step(base_args, tmp_path):
@@ -288,10 +427,11 @@ def test_lora_without_merge_saves_an_adapter(base_args, tmp_path, tiny_model):
 @pytest.mark.parametrize("extra, message", [
     (["--tasks", "sst2,nope"], "Unknown task `nope`"),
     (["--tasks", "sst2,arc_easy"], "arc_easy is a probe, never trained on"),
-    (["--method", "best-shot"], "Unknown method `best-shot`"),
+    (["--method", "best-shot"], "--method must be one of zero-shot, few-shot, many-shot-last, manyicl, "
+                                "manyicl-full, dedicated, not `best-shot`"),
     (["--data-dir", "{tmp}/no-such-folder"], "no-such-folder does not exist"),
     (["--model", "{tmp}/no/such/model"], "Model path {tmp}/no/such/model does not exist"),
-    (["--max-seq-len", "8"], "--max-seq-len 8 is too small"),
+    (["--max-seq-len", "8"], "--max-seq-len must be at least 16, not 8"),
     (["--max-steps", "0"], "--max-steps must be at least 1"),
 ])
 def test_bad_input_is_one_clear_line(base_args, tmp_path, extra, message):
