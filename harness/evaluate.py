@@ -21,15 +21,24 @@ from manyicl.harness.errors import HarnessError
 from manyicl.harness.lm_eval_bridge import (
     PREFIX_CACHE_KEY,
     choose_backend,
+    connect_external_server,
     lm_eval_dtype,
     run_lm_eval,
     write_lm_eval_readme,
     write_lm_eval_task,
 )
-from manyicl.harness.models import ModelUnderTest, describe_model, load_tokenizer
+from manyicl.harness.models import ModelUnderTest, check_context, describe_model, load_tokenizer
 from manyicl.harness.prompts import PromptSet, build_prompts, parse_shots
 from manyicl.harness.results import SUMMARY_FILE, ResultRecord, read_records, write_records
-from manyicl.harness.runs import new_run_dir, results_dir, utc_stamp, write_json, write_yaml
+from manyicl.harness.runs import (
+    atomic_write_text,
+    check_output_folder,
+    new_run_dir,
+    results_dir,
+    utc_stamp,
+    write_json,
+    write_yaml,
+)
 from manyicl.harness.schemas import MANIFEST_FILE, EvalManifest, Provenance, TrainManifest
 from manyicl.harness.settings import DEFAULT_MAX_LENGTH, METRIC_KEYS, EvalConfig, to_dict
 from manyicl.tasks.registry import TaskDef, load_examples, parse_task_list, resolve_data_dir
@@ -88,21 +97,35 @@ def run_evaluation(cfg: EvalConfig) -> Path:
     if cfg.limit is not None and cfg.limit < 1:
         raise HarnessError("--limit must be at least 1.")
     dedicated = _dedicated_models(cfg.model)
+    if dedicated and cfg.server_url:
+        raise HarnessError(f"{cfg.model} is a dedicated run with one model per task, and --server-url serves one "
+                           "model; evaluate the per-task models one by one, each with its served name.")
     if dedicated:
         return _evaluate_dedicated(cfg, dedicated)
     mut = describe_model(cfg.model, cfg.method)
     plan = _plan(cfg, mut)
     backend, backend_reason = choose_backend(cfg, {task.kind for task, _, _ in plan})
+    if cfg.server_url:
+        # Reachable and serving the model, checked before anything is written; the name found is recorded.
+        server = connect_external_server(cfg, mut, context_length(cfg, mut))
+        cfg = dataclasses.replace(cfg, server_url=server.base_url, served_model=server.model_name)
     out = Path(cfg.output_dir) if cfg.output_dir else new_run_dir("evals", mut.display_name, "eval")
+    check_output_folder(out)
     tokenizer = load_tokenizer(mut.model)
     fmt = resolve_format(tokenizer, requested_format(cfg, mut))
     max_length = context_length(cfg, mut)
+    check_context(mut.model, max_length, "--max-length")
     resolved = _resolved_settings(cfg, mut, fmt, max_length)
     _check_pinned(out, resolved)
 
     summary_path = out / SUMMARY_FILE
     records = read_records([summary_path]) if summary_path.exists() else []
     todo = _not_done(cfg, mut, plan, records)
+    renderer = Renderer(tokenizer, fmt)
+    # Every prompt is fitted before anything is written: a setting that cannot be built (k shots that do not fit)
+    # is refused with the output folder untouched.
+    prompts = [(build_prompts(load_examples(task, cfg.data_dir), renderer, shots, seed, max_length, cfg.limit), role)
+               for task, role, shots, seed in todo]
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "config.yaml").exists():
         # The first call's settings pin the directory (see _check_pinned); later calls are listed in the manifest.
@@ -110,7 +133,7 @@ def run_evaluation(cfg: EvalConfig) -> Path:
 
     timing: dict[str, Any] = {}
     if todo:
-        new, timing = _score(todo, cfg, mut, Renderer(tokenizer, fmt), backend, max_length, out)
+        new, timing = _score(prompts, cfg, mut, renderer, backend, max_length, out)
         records += new
         write_records(summary_path, records)  # after every batch, so an interrupted run keeps what it finished
     _record_manifest(out, cfg, mut, backend, backend_reason, timing)
@@ -146,16 +169,14 @@ def demonstration_seeds(cfg: EvalConfig, shots: str) -> list[int]:
 # --------------------------------------------------------------------------- score
 
 
-def _score(todo: list[tuple[TaskDef, str, str, int]], cfg: EvalConfig, mut: ModelUnderTest, renderer: Renderer,
+def _score(todo: list[tuple[PromptSet, str]], cfg: EvalConfig, mut: ModelUnderTest, renderer: Renderer,
            backend: str, max_length: int, out: Path) -> tuple[list[ResultRecord], dict[str, Any]]:
-    """Fit the prompts, export them as lm-eval tasks, score them all in one lm-eval call; returns the new
-    records and the call's timing entry for the manifest."""
+    """Export the fitted prompts (with each one's role) as lm-eval tasks, score them all in one lm-eval call;
+    returns the new records and the call's timing entry for the manifest."""
     include = out / "lm_eval_tasks"
     include.mkdir(exist_ok=True)
     prompt_sets: dict[str, tuple[PromptSet, str]] = {}
-    for task, role, shots, seed in todo:
-        data = load_examples(task, cfg.data_dir)
-        prompts = build_prompts(data, renderer, shots, seed, max_length, cfg.limit)
+    for prompts, role in todo:
         prompt_sets[write_lm_eval_task(prompts, renderer, include)] = (prompts, role)
     started = time.time()
     results = run_lm_eval(list(prompt_sets), include, mut, cfg, backend, max_length, out)
@@ -165,7 +186,7 @@ def _score(todo: list[tuple[TaskDef, str, str, int]], cfg: EvalConfig, mut: Mode
     for name, count in skipped.items():
         log.warning("%s: %d document(s) do not fit in %d tokens even without demonstrations; skipped.",
                     name, count, max_length)
-    timing = {"tasks": sorted({t.name for t, _, _, _ in todo}), "shots": sorted({s for _, _, s, _ in todo}),
+    timing = {"tasks": sorted({p.task.name for p, _ in todo}), "shots": sorted({p.shots for p, _ in todo}),
               "backend": backend, "documents": n_docs, "skipped_documents": skipped, "seconds": round(seconds, 3),
               "documents_per_second": round(n_docs / max(seconds, 1e-9), 3)}
     if PREFIX_CACHE_KEY in results:
@@ -225,13 +246,14 @@ def _collect(results: dict[str, Any], prompt_sets: dict[str, tuple[PromptSet, st
         stderr = scores.get(f"{metric}_stderr,none")
         stderr = float(stderr) if isinstance(stderr, int | float) else None
         used = prompts.shots_used
-        with open(samples_dir / f"{name}.jsonl", "w", encoding="utf-8") as handle:
-            for sample in samples.get(name, []):
-                doc = sample.get("doc", {})
-                handle.write(json.dumps({
-                    "uid": doc.get("uid"), "shots_used": doc.get("shots_used"), "prompt_tokens": doc.get("prompt_tokens"),
-                    "target": sample.get("target"), "response": _short(sample.get("filtered_resps")),
-                    **{k: sample[k] for k in (metric,) if k in sample}}) + "\n")
+        lines = []
+        for sample in samples.get(name, []):
+            doc = sample.get("doc", {})
+            lines.append(json.dumps({
+                "uid": doc.get("uid"), "shots_used": doc.get("shots_used"), "prompt_tokens": doc.get("prompt_tokens"),
+                "target": sample.get("target"), "response": _short(sample.get("filtered_resps")),
+                **{k: sample[k] for k in (metric,) if k in sample}}) + "\n")
+        atomic_write_text(samples_dir / f"{name}.jsonl", "".join(lines))  # whole or not at all (a full disk)
         records.append(ResultRecord(
             model=mut.display_name, model_path=mut.model.adapter or mut.model.path, base_model=mut.base_model,
             method=mut.method, task=task.name, family=task.family, role=role, shots=prompts.shots,

@@ -19,6 +19,7 @@ from manyicl.harness.errors import HarnessError
 from manyicl.harness.models import ModelUnderTest
 from manyicl.harness.prompts import PromptSet
 from manyicl.harness.results import lm_eval_task_name
+from manyicl.harness.runs import atomic_write_text
 from manyicl.harness.settings import METRIC_KEYS, EvalConfig
 from manyicl.train.sequences import Renderer
 
@@ -36,8 +37,8 @@ def write_lm_eval_task(prompts: PromptSet, renderer: Renderer, folder: Path) -> 
     digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
     data_file = folder / "data" / f"{name}-{digest}.jsonl"
     data_file.parent.mkdir(parents=True, exist_ok=True)
-    if not data_file.exists():
-        data_file.write_text(payload, encoding="utf-8")
+    if not data_file.exists():  # written whole or not at all: a full disk must not leave half a file to reuse
+        atomic_write_text(data_file, payload)
     shutil.copyfile(METRICS_MODULE, folder / "metrics.py")
     task = prompts.task
     lines = [
@@ -63,7 +64,7 @@ def write_lm_eval_task(prompts: PromptSet, renderer: Renderer, folder: Path) -> 
                   f"process_results: !function metrics.{task.metric}",
                   "metric_list:", f"  - {{metric: {metric}, aggregation: mean, higher_is_better: true}}"]
     lines += ["metadata: {version: 1}"]
-    (folder / f"{name}.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(folder / f"{name}.yaml", "\n".join(lines) + "\n")
     return name
 
 
@@ -108,11 +109,47 @@ class ExternalServer:
 
     base_url: str
     api_key: str
-    model_name: str
+    model_name: str  # the served name this evaluation scores
 
     @property
-    def served_names(self) -> list[str]:  # lm_eval_model_args checks the name against it (was missing)
+    def served_names(self) -> list[str]:  # lm_eval_model_args checks the name against it
         return [self.model_name]
+
+
+def connect_external_server(cfg: EvalConfig, mut: ModelUnderTest, max_length: int | None = None) -> ExternalServer:
+    """Check --server-url before anything is written: it must answer GET /models with OPENAI_API_KEY, serve the
+    model to score (--served-model, else the model's path or name, else the only model it serves), and, where it
+    reports its context, take `max_length` + 1 tokens (what a server `harness evaluate` starts is given)."""
+    base_url = serve.normalize_server_url(cfg.server_url or "")
+    api_key = os.environ.get("OPENAI_API_KEY", "")
+    models = serve.served_models(base_url, api_key)
+    name = _served_name(cfg, mut, base_url, list(models))
+    context = models[name]
+    if max_length is not None and context is not None and context < max_length + 1:
+        raise HarnessError(f"The server at {base_url} serves {name} with a context of {context} tokens; "
+                           f"--max-length {max_length} needs {max_length + 1}: restart it with --max-model-len "
+                           f"{max_length + 1} or pass --max-length {context - 1}.")
+    return ExternalServer(base_url, api_key, name)
+
+
+def _served_name(cfg: EvalConfig, mut: ModelUnderTest, base_url: str, names: list[str]) -> str:
+    listing = ", ".join(names)
+    if cfg.served_model:
+        if cfg.served_model not in names:
+            raise HarnessError(f"The server at {base_url} serves {listing}, not {cfg.served_model}; pass one of "
+                               "those as --served-model.")
+        return cfg.served_model
+    # An adapter's own names only: its `model.path` is the base model, which would score as the adapter.
+    own = (mut.model.adapter, mut.display_name) if mut.model.adapter else (mut.display_name, mut.model.path)
+    for name in own:
+        if name in names:
+            return name
+    # One model served and --model is full weights: that model is the one meant. An adapter is not guessed, since
+    # its base model alone would score without error and be labelled as the adapter.
+    if len(names) == 1 and not mut.model.adapter:
+        return names[0]
+    raise HarnessError(f"The server at {base_url} serves {listing}; say which is {mut.display_name} with "
+                       "--served-model.")
 
 
 @dataclass(frozen=True)
@@ -150,8 +187,7 @@ def _run_vllm(call: ScoringCall) -> dict[str, Any]:
     mut, cfg, max_length = call.mut, call.cfg, call.max_length
     tokenizer_path = mut.model.adapter or mut.model.path
     if cfg.server_url:
-        handle = ExternalServer(cfg.server_url.rstrip("/"), os.environ.get("OPENAI_API_KEY", ""),
-                                cfg.served_model or mut.model.path)
+        handle = connect_external_server(cfg, mut, max_length)
         kind, args = serve.lm_eval_model_args(handle, tokenizer_path, max_length, num_concurrent=cfg.batch_size)
         # Someone else's server: its counters may also count other clients' requests made meanwhile.
         return _with_prefix_cache(handle.base_url.removesuffix("/v1"), handle.api_key,
@@ -201,6 +237,10 @@ def choose_backend(cfg: EvalConfig, request_kinds: set[str]) -> tuple[str, str]:
     if cfg.backend not in BACKENDS:
         raise HarnessError(f"Unknown --backend `{cfg.backend}`; use one of {', '.join(BACKENDS)}.")
     if cfg.server_url:
+        if cfg.backend in ("hf", "prefix"):
+            raise HarnessError(f"--backend {cfg.backend} scores in this process and --server-url on a server; "
+                               "drop one of them.")
+        serve.normalize_server_url(cfg.server_url)  # a malformed URL is refused before the model is read
         return "vllm", "--server-url names a running server"
     # tensor/data parallel sizes are vLLM's; `auto` honours them, the transformers-side backends cannot.
     parallel = cfg.tensor_parallel_size > 1 or cfg.data_parallel_size > 1

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -439,6 +440,54 @@ def api_key_env(key: str) -> Iterator[None]:
             os.environ.pop("OPENAI_API_KEY", None)
         else:
             os.environ["OPENAI_API_KEY"] = previous
+
+
+def normalize_server_url(url: str) -> str:
+    """A `--server-url` as the base every request path is joined to (no trailing slash); refuses what is not an
+    http(s) URL with a host, before anything tries to connect."""
+    text = url.strip().rstrip("/")
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise HarnessError(f"--server-url {url} is not an http(s) URL; write it as http://HOST:PORT/v1.")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise HarnessError(f"--server-url {url} has an invalid port; write it as http://HOST:PORT/v1.") from None
+    return text
+
+
+def served_models(base_url: str, api_key: str, timeout: float = 10) -> dict[str, int | None]:
+    """The models an OpenAI-compatible server at `base_url` (…/v1) serves, from GET /models: name -> context
+    length (vLLM's `max_model_len`; None where the server does not say). One clear error naming the URL where it
+    cannot be reached, refuses the key, or does not answer as such a server."""
+    request = urllib.request.Request(f"{base_url}/models", headers={"Authorization": f"Bearer {api_key}"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never via a proxy
+    hint = "" if base_url.endswith("/v1") else f" (vLLM's API is under /v1: did you mean {base_url}/v1?)"
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise HarnessError(f"The server at {base_url} refused the API key (HTTP {err.code}); set OPENAI_API_KEY "
+                               "to the key it was started with.") from None
+        raise HarnessError(f"The server at {base_url} answered HTTP {err.code} to GET /models; --server-url must "
+                           f"name an OpenAI-compatible API (…/v1){hint}.") from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, TimeoutError):
+            reason = f"no answer within {timeout:.0f} s"
+        elif isinstance(reason, OSError) and reason.strerror:
+            reason = reason.strerror  # "Connection refused", not "[Errno 111] Connection refused"
+        raise HarnessError(f"Cannot reach the server at {base_url} ({reason}); start it, or fix --server-url.") from None
+    try:
+        models = {str(entry["id"]): entry.get("max_model_len") for entry in json.loads(body)["data"]}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        models = {}
+    if not models:
+        raise HarnessError(f"The server at {base_url} answered GET /models without a list of models; --server-url "
+                           f"must name an OpenAI-compatible API (…/v1){hint}.")
+    return {name: length if isinstance(length, int) and not isinstance(length, bool) else None
+            for name, length in models.items()}
 
 
 def lm_eval_model_args(handle: ServerHandle, tokenizer_path: str, max_length: int, model_name: str | None = None,

@@ -82,9 +82,10 @@ def evaluate_arms(cfg: EvalConfig, specs: list[str] | None = None, **server_opti
     specs = specs if specs is not None else split_list(cfg.model)
     if cfg.server_url:
         raise HarnessError("--server-url scores one model on a server you run; give one --model with it.")
-    if cfg.backend == "hf" or not vllm_available():
+    if cfg.backend in ("hf", "prefix") or not vllm_available():
         raise HarnessError("Scoring several adapters on one server needs the vLLM backend (scripts/setup.sh "
-                           "installs it); with --backend hf evaluate each model on its own.")
+                           f"installs it); with --backend {cfg.backend if cfg.backend in ('hf', 'prefix') else 'hf'} "
+                           "evaluate each model on its own.")
     if cfg.data_parallel_size > 1:
         raise HarnessError(DP_LORA_REFUSAL)
     arms = adapter_arms(specs)

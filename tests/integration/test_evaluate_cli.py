@@ -20,6 +20,7 @@ import yaml
 
 from manyicl.harness.results import SCHEMA_VERSION, ResultRecord
 from tests.helpers import run_harness as _harness
+from tests.openai_standin import running_standin
 
 pytestmark = pytest.mark.integration
 
@@ -226,9 +227,9 @@ def test_two_seeds_draw_two_demonstration_sets(env, tiny_model, common, tmp_path
     ({"--shots": "0,x"}, "--shots value `x` is not a non-negative number or `many`"),
     ({"--shots": "100000"}, "Task sst2 has 36 train examples, fewer than --shots 100000"),  # 40 less 4 validation
     ({"--tasks": "nope"}, "Unknown task `nope`"),
-    ({"--backend": "nope"}, "Unknown --backend `nope`; use one of auto, vllm, hf, prefix."),
-    ({"--limit": "0"}, "--limit must be at least 1."),
-    ({"--seeds": "0"}, "--seeds must be at least 1."),
+    ({"--backend": "nope"}, "--backend must be one of auto, prefix, hf, vllm, not `nope`."),
+    ({"--limit": "0"}, "--limit must be at least 1, not 0."),
+    ({"--seeds": "0"}, "--seeds must be at least 1, not 0."),
     ({"--probes": None, "--probe-tasks": "sst2"}, "sst2 is not a probe"),
     ({"--model": "/no/such/model"}, "Model path /no/such/model does not exist"),
 ])
@@ -354,11 +355,12 @@ def test_base_probes_are_not_scored_on_the_checkpoints_server(checkpoint, tiny_m
         return {"results": {name: {"acc,none": 0.5, "acc_stderr,none": 0.1} for name in task_names}, "samples": {}}
 
     monkeypatch.setattr(manyicl.harness.evaluate, "run_lm_eval", fake_run_lm_eval)
-    _ok(["evaluate", "--model", str(checkpoint), "--tasks", "sst2", "--shots", "0", "--probe-tasks", "arc_easy",
-         "--limit", "2", "--data-dir", common[1], "--max-length", "512",
-         "--server-url", "http://127.0.0.1:9/v1", "--served-model", "tuned", "-o", str(tmp_path / "out")])
-    assert calls[0] == {"model": str((checkpoint / "final").resolve()), "server_url": "http://127.0.0.1:9/v1",
-                        "served_model": "tuned"}
+    # a real server, since --server-url is checked before anything is written; scoring on it: test_server_url.py
+    with running_standin(checkpoint / "final", "--served-model-name", "tuned") as url:
+        _ok(["evaluate", "--model", str(checkpoint), "--tasks", "sst2", "--shots", "0", "--probe-tasks", "arc_easy",
+             "--limit", "2", "--data-dir", common[1], "--max-length", "512",
+             "--server-url", url, "--served-model", "tuned", "-o", str(tmp_path / "out")])
+    assert calls[0] == {"model": str((checkpoint / "final").resolve()), "server_url": url, "served_model": "tuned"}
     assert calls[1] == {"model": str(Path(tiny_model).resolve()), "server_url": None, "served_model": None}
     assert len(calls) == 2
 
