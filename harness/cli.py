@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -354,7 +355,8 @@ def study(
     """Train every arm, evaluate every model with the probes, write the leaderboard, plots and REPORT.md.
 
     Resumable: finished stages are skipped, so re-running after an interruption completes the study."""
-    from manyicl.harness.study import load_study, run_study
+    from manyicl.harness.runs import check_output_folder
+    from manyicl.harness.study import load_study, run_study, unfinished_stages
     from manyicl.harness.study_display import RichDisplay
 
     cfg = load_study(config, preset, {"output_dir": output_dir, "model": model, "data_dir": data_dir})
@@ -363,11 +365,20 @@ def study(
 
         console.print(dry_run_text(cfg, estimate_study(cfg)), markup=False, highlight=False)
         return
+    check_output_folder(cfg.directory)
     if cfg.expected_minutes:
         err_console.print(f"[dim]Study `{cfg.name}` → {cfg.directory} (expected about {cfg.expected_minutes:.0f} "
                           f"min on {cfg.hardware or 'its reference hardware'}).[/dim]")
     root = run_study(cfg, RichDisplay(err_console))
     console.print(f"Report: {root / 'REPORT.md'}")
+    unfinished = unfinished_stages(root)
+    if unfinished:  # the report covers what finished; the exit code must still say the study is not whole
+        failed = [name for name, status in unfinished.items() if status == "failed"]
+        message = (f"{len(failed)} stage(s) failed ({', '.join(failed)}) and {len(unfinished) - len(failed)} more "
+                   f"were blocked by them; their logs are in {root / 'logs'}; fix the cause and rerun the same "
+                   "command to finish only those.")
+        err_console.print("[bold red]Error:[/bold red]", Text(message))  # stage names print literally
+        raise typer.Exit(1)
 
 
 def _print_run_summary(run_dir: Path) -> None:
@@ -404,6 +415,18 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("[yellow]Interrupted.[/yellow]")
         sys.exit(130)
+    except OSError as err:
+        if err.errno not in STORAGE_ERRORS:
+            raise
+        # Every result file is written whole (temporary file, then rename) after its batch, so what finished is kept.
+        err_console.print("[bold red]Error:[/bold red]", Text(
+            f"Cannot write {err.filename or 'an output file'}: {err.strerror}; free space (or fix the folder's "
+            "permissions) and rerun the same command: finished results are kept and only the rest is redone."))
+        sys.exit(2)
+
+
+# Storage running out or refusing writes: the machine's fault, said in one line, never a traceback.
+STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from manyicl.harness.leaderboard import (
     task_scores,
 )
 from manyicl.harness.results import ResultRecord
+from manyicl.harness.runs import blocking_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -54,7 +55,7 @@ def _save(fig: Figure, out_path: Path) -> Path:
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise HarnessError(f"Cannot write {out_path}: {_blocking_file(out_path.parent)} is a file, not a folder; "
+        raise HarnessError(f"Cannot write {out_path}: {blocking_file(out_path.parent)} is a file, not a folder; "
                            "choose another --output-dir.") from None
     except OSError as err:
         raise HarnessError(f"Cannot create the folder {out_path.parent} ({err.strerror}); choose another "
@@ -77,14 +78,6 @@ def _save(fig: Figure, out_path: Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out_path
-
-
-def _blocking_file(folder: Path) -> Path:
-    """The first part of `folder` that exists as a file, which is why the folder cannot be made."""
-    for part in [*reversed(folder.parents), folder]:
-        if part.exists() and not part.is_dir():
-            return part
-    return folder
 
 
 def plot_scores_vs_shots(records: list[ResultRecord], out_path: Path) -> Path:

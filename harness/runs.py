@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from manyicl.harness.errors import HarnessError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,9 +46,34 @@ def atomic_write_text(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        # a write() error names no file; the one the caller meant is the useful name (main() prints it)
+        raise OSError(err.errno, err.strerror, str(path)) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def blocking_file(folder: Path) -> Path:
+    """The first part of `folder` that exists as a file, which is why the folder cannot be made."""
+    for part in [*reversed(folder.parents), folder]:
+        if part.exists() and not part.is_dir():
+            return part
+    return folder
+
+
+def check_output_folder(folder: Path, flag: str = "--output-dir") -> None:
+    """Refuse, before anything is written, an output folder that cannot be one: a file in its place or above it,
+    or a nearest existing folder this process may not write in."""
+    folder = Path(folder)
+    blocker = blocking_file(folder)
+    if blocker.exists() and not blocker.is_dir():
+        raise HarnessError(f"Cannot use {folder} as {flag}: {blocker} is a file, not a folder; choose another {flag}.")
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise HarnessError(f"Cannot use {folder} as {flag}: {existing} is not writable by this user; choose "
+                           f"another {flag} or fix its permissions.")
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -186,4 +186,11 @@ class StudyState(_Schema):
 def is_complete(run_dir: Path) -> bool:
     """Whether a training run directory holds a finished run (its manifest says `complete`)."""
     path = Path(run_dir) / MANIFEST_FILE
-    return path.exists() and read_json(path).get("status") == "complete"
+    if not path.exists():
+        return False
+    try:
+        manifest = read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise HarnessError(f"{path} cannot be read as JSON; the run folder looks damaged: move it away or choose "
+                           "another --output-dir.") from None
+    return isinstance(manifest, dict) and manifest.get("status") == "complete"
