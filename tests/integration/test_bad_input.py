@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -349,9 +352,302 @@ OUTPUT_PATHS = [
     Case("output paths", "a folder in the way of the figure", lambda e: [
         "plot", str(e.summary(record())), "-o", str(e.file("out/scores_vs_shots.png/x", "").parent.parent)],
         r"scores_vs_shots\.png: a folder of that name is in the way"),
+    Case("output paths", "train into a file", lambda e: [*e.train("sst2", data=e.tiny_data)[:-2], "-o",
+                                                         str(e.file("out", "a file"))],
+         r"Cannot use .*/out as --output-dir: .*/out is a file, not a folder"),
+    Case("output paths", "train into a folder under a file", lambda e: [
+        *e.train("sst2", data=e.tiny_data)[:-2], "-o", str(e.file("out", "a file") / "run")],
+        r"Cannot use .*/out/run as --output-dir: .*/out is a file, not a folder"),
+    Case("output paths", "evaluate into a file", lambda e: [
+        "evaluate", "--model", str(e.model), "--data-dir", str(e.tiny_data), "--tasks", "sst2", "--shots", "0",
+        "--backend", "hf", "-o", str(e.file("out", "a file"))], r"Cannot use .*/out as --output-dir: .* is a file"),
+    Case("output paths", "study into a file", lambda e: [
+        "study", "--preset", "smoke", "--data-dir", str(e.tiny_data), "-o", str(e.file("out", "a file"))],
+        r"Cannot use .*/out as --output-dir: .* is a file"),
 ]
 
-CASES: list[Case] = [*TASK_FILES, *DATA_FILES, *RESULTS, *MODELS, *OUTPUT_PATHS]
+# --------------------------------------------------------------------------- flags and config files
+
+def _evaluate(e: Env, *extra: str) -> list[str]:
+    return ["evaluate", "--model", str(e.model), "--data-dir", str(e.tiny_data), "--tasks", "sst2", "--shots", "0",
+            "--limit", "2", "--backend", "hf", "-o", str(e.out), *extra]
+
+
+def _train_tiny(e: Env, *extra: str) -> list[str]:
+    return e.train("sst2", *extra, data=e.tiny_data)
+
+
+FLAGS: list[Case] = [
+    Case("flags", "max-seq-len 0", lambda e: _train_tiny(e, "--max-seq-len", "0"),
+         r"^Error: --max-seq-len must be at least 16, not 0\.$"),
+    Case("flags", "max-seq-len beyond the model's context", lambda e: _train_tiny(e, "--max-seq-len", "100000"),
+         r"--max-seq-len 100000 is beyond .*'s context of 4096 tokens"),
+    Case("flags", "negative learning rate", lambda e: _train_tiny(e, "--learning-rate=-0.001"),
+         r"--learning-rate must be above 0, not -0\.001"),
+    Case("flags", "learning rate 0", lambda e: _train_tiny(e, "--lr", "0"), r"--learning-rate must be above 0"),
+    Case("flags", "learning rate above 1", lambda e: _train_tiny(e, "--learning-rate", "5"),
+         r"--learning-rate must be at most 1, not 5"),
+    Case("flags", "batch size 0", lambda e: _train_tiny(e, "--batch-size", "0"), r"--batch-size must be at least 1"),
+    Case("flags", "grad-accum 0", lambda e: _train_tiny(e, "--grad-accum", "0"), r"--grad-accum must be at least 1"),
+    Case("flags", "examples per task 0", lambda e: _train_tiny(e, "--examples-per-task", "0"),
+         r"--examples-per-task must be at least 1, not 0"),
+    Case("flags", "unknown format", lambda e: _train_tiny(e, "--format", "xml"),
+         r"--format must be one of auto, chat, plain, not `xml`"),
+    Case("flags", "negative seed", lambda e: _train_tiny(e, "--seed=-1"), r"--seed must be at least 0, not -1"),
+    Case("flags", "a budget beyond memory", lambda e: _train_tiny(e, "--max-steps", "1000000000000"),
+         r"The budget asks for about [\d,]+ training rows .* lower --max-steps"),
+    Case("flags", "curve point above 1", lambda e: _train_tiny(e, "--curve-points", "0.5,1.5"),
+         r"curve_points must be fractions in \(0, 1\]"),
+    Case("flags", "evaluate max-length 0", lambda e: _evaluate(e, "--max-length", "0"),
+         r"--max-length must be at least 16, not 0"),
+    Case("flags", "evaluate max-length beyond the model's context", lambda e: _evaluate(e, "--max-length", "9000"),
+         r"--max-length 9000 is beyond .*'s context of 4096 tokens"),
+    Case("flags", "unknown dtype", lambda e: _evaluate(e, "--dtype", "fp8"),
+         r"--dtype must be one of auto, bfloat16, float16, float32, not `fp8`"),
+    Case("flags", "zero demonstration seeds", lambda e: _evaluate(e, "--seeds", "0"), r"--seeds must be at least 1"),
+    Case("flags", "limit 0", lambda e: _evaluate(e, "--limit", "0"), r"--limit must be at least 1, not 0"),
+    Case("flags", "evaluate batch size 0", lambda e: _evaluate(e, "--batch-size", "0"),
+         r"--batch-size must be at least 1"),
+    Case("flags", "unknown backend", lambda e: _evaluate(e, "--backend", "tpu"),
+         r"--backend must be one of auto, prefix, hf, vllm, not `tpu`"),
+    Case("flags", "shots not a number", lambda e: _evaluate(e, "--shots", "0,3x"), r"--shots value `3x` is not"),
+    Case("flags", "k shots where fewer fit", lambda e: _evaluate(e, "--shots", "6", "--max-length", "120"),
+         r"At --shots 6, \d+ of \d+ sst2 documents fit only \d+-\d+ demonstrations in 120 tokens; raise "
+         r"--max-length, lower --shots, or use `many`"),
+]
+
+
+def _config(e: Env, text: str | bytes, name: str = "config.yaml") -> str:
+    return str(e.file(name, text))
+
+
+CONFIGS: list[Case] = [
+    Case("configs", "max_steps: two", lambda e: _train_tiny(e, "--config", _config(e, "max_steps: two\n")),
+         r"config\.yaml: `max_steps` must be a whole number, not the text \"two\""),
+    Case("configs", "a quoted number", lambda e: _train_tiny(e, "--config", _config(e, 'max_seq_len: "256"\n')),
+         r"`max_seq_len` must be a whole number, not the text \"256\"; write it without quotes"),
+    Case("configs", "learning rate as a word", lambda e: _train_tiny(e, "--config", _config(e, "learning_rate: fast\n")),
+         r"`learning_rate` must be a number, not the text \"fast\""),
+    Case("configs", "negative warm-up", lambda e: _train_tiny(e, "--config", _config(e, "warmup_ratio: -0.1\n")),
+         r"`warmup_ratio` must be at least 0, not -0\.1"),
+    Case("configs", "warm-up ratio 1.5", lambda e: _train_tiny(e, "--config", _config(e, "warmup_ratio: 1.5\n")),
+         r"`warmup_ratio` must be below 1, not 1\.5"),
+    Case("configs", "misspelt scheduler", lambda e: _train_tiny(e, "--config", _config(e, "lr_scheduler: cosin\n")),
+         r"`lr_scheduler` must be one of linear, cosine, .* not `cosin`"),
+    Case("configs", "tasks as a mapping", lambda e: _train_tiny(e, "--config", _config(e, "tasks: {sst2: 1}\n")),
+         r"`tasks` must be a list, not a mapping"),
+    Case("configs", "a yes/no setting quoted", lambda e: _train_tiny(e, "--config", _config(e, 'lora_merge: "yes"\n')),
+         r"`lora_merge` must be true or false, not the text \"yes\""),
+    Case("configs", "max_seq_len 0 in the file", lambda e: _train_tiny(e, "--config", _config(e, "max_seq_len: 0\n")),
+         r"`max_seq_len` must be at least 16, not 0"),
+    Case("configs", "misspelt setting", lambda e: _train_tiny(e, "--config", _config(e, "max_step: 5\n")),
+         r"unknown setting `max_step`"),
+    Case("configs", "a list, not a mapping", lambda e: _train_tiny(e, "--config", _config(e, "- max_steps: 5\n")),
+         r"must be a mapping of settings \(name: value lines\), not a list"),
+    Case("configs", "not YAML", lambda e: _train_tiny(e, "--config", _config(e, "max_steps: [1,\n")),
+         r"config\.yaml is not valid YAML at line \d+"),
+    Case("configs", "a folder", lambda e: _train_tiny(e, "--config", str(e.file("conf/x", "").parent)),
+         r"Config file .*conf is a folder; give the YAML file"),
+    Case("configs", "not UTF-8", lambda e: _train_tiny(e, "--config", _config(e, b"max_steps: 1\n# caf\xe9\n")),
+         r"config\.yaml is not UTF-8 text"),
+    Case("configs", "evaluate: seeds 1.5", lambda e: _evaluate(e, "--config", _config(e, "seeds: 1.5\n")),
+         r"`seeds` must be a whole number, not a number \(1\.5\)"),
+    Case("configs", "evaluate: shots as a mapping", lambda e: _evaluate(e, "--config", _config(e, "shots: {a: 1}\n")),
+         r"`shots` must be a list, not a mapping"),
+    Case("configs", "evaluate: dtype misspelt", lambda e: _evaluate(e, "--config", _config(e, "dtype: bf16\n")),
+         r"`dtype` must be one of auto, bfloat16, float16, float32, not `bf16`"),
+]
+
+# --------------------------------------------------------------------------- resume and checkpoints
+
+def _stopped_run(e: Env, finished: bool = False, raw_config: str | None = None, **old) -> Env:
+    """A run folder at `e.out` as `harness train` leaves it when stopped after checkpoint 1 (or `finished`): its
+    config.yaml says it was trained as `e.train("sst2", data=e.tiny_data)` asks, with `old` replacing settings,
+    and a complete checkpoint. Written by hand: these refusals come before any training."""
+    from manyicl.harness.settings import TrainConfig, to_dict
+    from manyicl.train.checkpoints import write_marker
+
+    config = to_dict(TrainConfig(model=str(e.model), tasks=["sst2"], data_dir=str(e.tiny_data), max_steps=1,
+                                 max_seq_len=128, output_dir=str(e.out)))
+    config |= {"format": "chat", "model_path": str(e.model.resolve()), "adapter": None} | old
+    e.file("out/config.yaml", raw_config if raw_config is not None else yaml.safe_dump(config, sort_keys=False))
+    e.file("out/manifest.json", json.dumps({"kind": "train", "status": "complete" if finished else "running"}))
+    e.file("out/train_log.jsonl", json.dumps({"step": 1, "loss": 3.0}) + "\n")
+    if not finished:
+        e.file("out/checkpoints/checkpoint-1/model.safetensors", b"\0" * 64)
+        write_marker(e.out / "checkpoints" / "checkpoint-1", 1)
+    return e
+
+
+def _resume(e: Env, *extra: str, **old) -> list[str]:
+    return _stopped_run(e, **old).train("sst2", "--resume", *extra, data=e.tiny_data)
+
+
+RESUME: list[Case] = [
+    Case("resume", "another method", lambda e: _resume(e, method="few-shot"),
+         r"Cannot resume .*/out: it was trained with --method few-shot, not manyicl; resume with the same settings"),
+    Case("resume", "other tasks", lambda e: _resume(e, tasks=["sst2", "rte"]),
+         r"it was trained with --tasks sst2,rte, not sst2;"),
+    Case("resume", "another model", lambda e: _resume(e, model_path="/elsewhere/model"),
+         r"it was trained with --model /elsewhere/model, not .*tiny-model"),
+    Case("resume", "another max_seq_len", lambda e: _resume(e, max_seq_len=256),
+         r"it was trained with --max-seq-len 256, not 128;"),
+    Case("resume", "another format", lambda e: _resume(e, format="plain"),
+         r"it was trained with --format plain, not chat;"),  # `auto` resolved through the tokenizer
+    Case("resume", "another seed", lambda e: _resume(e, seed=7), r"it was trained with --seed 7, not 1234;"),
+    Case("resume", "other shots of a few-shot run", lambda e: _resume(e, "--method", "few-shot", "--shots", "2",
+                                                                      method="few-shot", shots=4),
+         r"it was trained with --shots 4, not 2;"),
+    Case("resume", "another learning rate", lambda e: _resume(e, learning_rate=0.001),
+         r"it was trained with --lr 0\.001, not 2e-05;"),  # the default (full fine-tuning), as it acts
+    Case("resume", "another budget", lambda e: _resume(e, max_steps=5), r"it was trained with --max-steps 5, not 1;"),
+    Case("resume", "LoRA instead of full fine-tuning", lambda e: _resume(e, lora_r=8),
+         r"it was trained with --lora-r 8, not 0;"),
+    Case("resume", "another data directory", lambda e: _resume(e, data_dir="/elsewhere/data"),
+         r"it was trained with --data-dir /elsewhere/data, not .*data"),
+    Case("resume", "other rows per optimizer step", lambda e: _resume(e, "--batch-size", "2"),
+         r"was trained with 1 rows per optimizer step .* not 2; resume with the same product"),
+    Case("resume", "a finished run reused with another method", lambda e: _stopped_run(e, finished=True).train(
+        "sst2", "--method", "few-shot", data=e.tiny_data),
+        r"out holds a finished run trained with --method manyicl, not few-shot; give the same settings"),
+    Case("resume", "an unreadable config.yaml", lambda e: _resume(e, raw_config="method: [manyicl\n"),
+         r"Cannot resume .*/out: its config\.yaml is not valid YAML"),
+    Case("resume", "a damaged manifest.json", lambda e: (e.file("out/manifest.json", '{"status": "compl'),
+                                                         _train_tiny(e, "--resume"))[1],
+         r"out/manifest\.json cannot be read as JSON; the run folder looks damaged"),
+]
+
+# --------------------------------------------------------------------------- servers
+
+_HELD_SOCKETS: list[socket.socket] = []
+_STUB: list[str] = []
+
+
+def _closed_port_url() -> str:
+    """A URL on a 127.0.0.1 port that is bound but never listens: connections are refused, and no other process
+    can take the port while the tests run."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    _HELD_SOCKETS.append(sock)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
+class _StubHandler(BaseHTTPRequestHandler):
+    """An HTTP server that is not vLLM: /v1/models lists another model, /short/v1 one with a 64-token context,
+    /keyed/v1 wants a key, the rest is 404."""
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        status, body = {"/v1/models": (200, {"object": "list", "data": [{"id": "served-elsewhere"}]}),
+                        "/short/v1/models": (200, {"data": [{"id": "short", "max_model_len": 64}]}),
+                        "/keyed/v1/models": (401, {"error": "Unauthorized"})}.get(self.path, (404, {}))
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _stub_url(path: str = "/v1") -> str:
+    """The stub server's URL (started once, in a daemon thread of the test process)."""
+    if not _STUB:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _StubHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        _STUB.append(f"http://127.0.0.1:{server.server_address[1]}")
+    return _STUB[0] + path
+
+
+def _evaluate(e: Env, *extra: str, model: str | None = None) -> list[str]:
+    return ["evaluate", "--model", model or str(e.model), "--tasks", "sst2", "--shots", "0", "--limit", "1",
+            "--data-dir", str(e.tiny_data), "--max-length", "256", "-o", str(e.out), *extra]
+
+
+def _dedicated_run(e: Env) -> str:
+    """A dedicated training run's folder: one model per task, named in its manifest."""
+    e.file("dedicated/manifest.json", json.dumps({"kind": "train", "method": "dedicated", "status": "complete",
+                                                  "model": str(e.model), "models": {"sst2": str(e.model)}}))
+    return str(e.tmp / "dedicated")
+
+
+SERVERS = [
+    Case("servers", "nothing listens at the URL", lambda e: _evaluate(e, "--server-url", _closed_port_url()),
+         r"Cannot reach the server at http://127\.0\.0\.1:\d+/v1 \(Connection refused\); start it, or fix --server-url"),
+    Case("servers", "a URL without a scheme", lambda e: _evaluate(e, "--server-url", "localhost:8000"),
+         r"--server-url localhost:8000 is not an http\(s\) URL; write it as http://HOST:PORT/v1"),
+    Case("servers", "a port out of range", lambda e: _evaluate(e, "--server-url", "http://127.0.0.1:99999/v1"),
+         r"--server-url http://127\.0\.0\.1:99999/v1 has an invalid port"),
+    Case("servers", "--backend hf with --server-url", lambda e: _evaluate(
+        e, "--backend", "hf", "--server-url", _closed_port_url()),
+        r"--backend hf scores in this process and --server-url on a server; drop one of them"),
+    Case("servers", "--backend prefix with --server-url", lambda e: _evaluate(
+        e, "--backend", "prefix", "--server-url", _closed_port_url()),
+        r"--backend prefix scores in this process and --server-url on a server; drop one of them"),
+    Case("servers", "several models with --server-url", lambda e: _evaluate(
+        e, "--server-url", _closed_port_url(), model=f"{e.model},{e.model}"),
+        r"--server-url scores one model on a server you run; give one --model with it"),
+    Case("servers", "a dedicated run with --server-url", lambda e: _evaluate(
+        e, "--server-url", _closed_port_url(), model=_dedicated_run(e)),
+        r"dedicated is a dedicated run with one model per task, and --server-url serves one model"),
+    Case("servers", "a server that is not an OpenAI API", lambda e: _evaluate(e, "--server-url", _stub_url("/api")),
+         r"The server at http://127\.0\.0\.1:\d+/api answered HTTP 404 to GET /models; .* did you mean "
+         r"http://127\.0\.0\.1:\d+/api/v1\?"),
+    Case("servers", "a server URL without /v1", lambda e: _evaluate(e, "--server-url", _stub_url("")),
+         r"answered HTTP 404 to GET /models; .* did you mean http://127\.0\.0\.1:\d+/v1\?"),
+    Case("servers", "a server that refuses the key", lambda e: _evaluate(e, "--server-url", _stub_url("/keyed/v1")),
+         r"The server at http://127\.0\.0\.1:\d+/keyed/v1 refused the API key \(HTTP 401\); set OPENAI_API_KEY"),
+    Case("servers", "a served model the server does not serve", lambda e: _evaluate(
+        e, "--server-url", _stub_url(), "--served-model", "mine"),
+        r"The server at http://127\.0\.0\.1:\d+/v1 serves served-elsewhere, not mine; pass one of those as "
+        r"--served-model"),
+    Case("servers", "a server context shorter than --max-length", lambda e: _evaluate(
+        e, "--server-url", _stub_url("/short/v1")),
+        r"serves short with a context of 64 tokens; --max-length 256 needs 257: restart it with --max-model-len 257 "
+        r"or pass --max-length 63"),
+]
+
+# --------------------------------------------------------------------------- study files
+
+_STUDY = {"name": "s", "model": "tiny-random-llama", "tasks": ["sst2"], "probes": [], "arms": ["base", "manyicl"],
+          "train": {"max_seq_len": 128, "max_steps": 1}, "eval": {"shots": ["0"], "limit": 2, "backend": "hf"}}
+
+
+def _study(e: Env, change: dict | None = None, raw: str | bytes | None = None) -> list[str]:
+    text = raw if raw is not None else yaml.safe_dump(_STUDY | (change or {}))
+    return ["study", "--config", _config(e, text, "study.yaml"), "--data-dir", str(e.tiny_data), "-o", str(e.out)]
+
+
+STUDY_FILES: list[Case] = [
+    Case("study files", "not YAML", lambda e: _study(e, raw="arms: [base,\n"), r"study\.yaml is not valid YAML"),
+    Case("study files", "a list", lambda e: _study(e, raw="- base\n"), r"must be a mapping of settings"),
+    Case("study files", "missing", lambda e: ["study", "--config", str(e.tmp / "nope.yaml"), "-o", str(e.out)],
+         r"Study file .*nope\.yaml does not exist"),
+    Case("study files", "unknown arm", lambda e: _study(e, {"arms": ["base", "magic"]}), r"Unknown arm `magic`"),
+    Case("study files", "misspelt setting", lambda e: _study(e, {"armz": ["base"]}),
+         r"Study file .*: `armz` is not a setting"),
+    Case("study files", "tasks as a number", lambda e: _study(e, {"tasks": 3}),
+         r"`tasks` must be a list, not a whole number \(3\)"),
+    Case("study files", "train is not a mapping", lambda e: _study(e, {"train": 5}),
+         r"`train` must be a mapping, not a whole number"),
+    Case("study files", "train.max_steps: two", lambda e: _study(e, {"train": {"max_steps": "two"}}),
+         r"`train\.max_steps` must be a whole number, not the text \"two\""),
+    Case("study files", "train.learning_rate negative", lambda e: _study(
+        e, {"train": {"max_steps": 1, "learning_rate": -1}}), r"`train\.learning_rate` must be above 0, not -1"),
+    Case("study files", "eval.seeds 0", lambda e: _study(e, {"eval": {"seeds": 0}}),
+         r"`eval\.seeds` must be at least 1, not 0"),
+    Case("study files", "curve_eval.dtype misspelt", lambda e: _study(e, {"curve_eval": {"dtype": "half"}}),
+         r"`curve_eval\.dtype` must be one of"),
+    Case("study files", "train.method set", lambda e: _study(e, {"train": {"max_steps": 1, "method": "x"}}),
+         r"`train\.method` is not a shared training setting"),
+    Case("study files", "no budget", lambda e: _study(e, {"train": {"max_seq_len": 128}}), r"needs a matched budget"),
+    Case("study files", "trained and held out", lambda e: _study(e, {"heldout": ["sst2"]}),
+         r"sst2 cannot be both trained on and held out"),
+    Case("study files", "bad shots", lambda e: _study(e, {"eval": {"shots": ["0", "lots"]}}), r"--shots value `lots`"),
+]
+
+CASES: list[Case] = [*TASK_FILES, *DATA_FILES, *RESULTS, *MODELS, *OUTPUT_PATHS, *FLAGS, *CONFIGS, *RESUME,
+                     *SERVERS, *STUDY_FILES]
 
 
 def _params():

@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.settings", "harness.results", "harness.schemas", "harness.stats"),
     ("harness.paired",),
     ("tasks.formats", "tasks.registry", "harness.models"),
-    ("train.sequences", "train.distributed"),
+    ("train.sequences", "train.distributed", "train.checkpoints"),
     ("harness.prompts", "harness.serve", "harness.backend_choice", "harness.leaderboard", "harness.plots", "harness.claims",
      "train.trainer", "harness.preview", "harness.prefix_scorer", "harness.cascade_attention"),
     ("harness.lm_eval_bridge", "harness.report", "harness.study_display", "harness.study_stages"),
