@@ -244,10 +244,11 @@ def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, s
         "",
         "## Scale caveat",
         "",
-        "These numbers come from the model, budgets, documents and seeds stated above. At small scale (a "
-        "135M-parameter model, a few dozen optimizer steps, tens of documents per task) the differences between arms "
-        "are of the order of the noise, a model this size learns little in-context, and a held or failed claim here "
-        "says little about 7-8B models trained for thousands of steps with long contexts, where the paper's claims "
+        "These numbers come from the model, budgets, documents and seeds stated above, and hold for them only. "
+        "At small scale (a model of a few hundred million parameters or less, a few dozen optimizer steps, a "
+        "context of a thousand tokens, one training seed) a model learns little in-context and a difference "
+        "between arms can come from the recipe as much as from the method; a held or failed claim here says "
+        "little about 7-8B models trained for thousands of steps with long contexts, where the paper's claims "
         "were made. Use the `paper` preset on GPUs to test them at that scale.",
     ]
     return "\n".join(parts) + _failures(failed) + "\n"
