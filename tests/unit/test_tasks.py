@@ -46,6 +46,14 @@ def _task_file(folder: Path, name: str, body: dict) -> Path:
     return _write(folder / f"{name}.yaml", yaml.safe_dump({"name": name, **body}, sort_keys=False))
 
 
+def _nli_jsonl_task(folder: Path, prompt: str) -> Path:
+    """The task file `nli` over data/nli/{train,val}.jsonl (premise, hypothesis, label) with the given prompt."""
+    return _task_file(folder, "nli", {
+        "family": "nli", "source": {"format": "jsonl", "files": {"train": "nli/train.jsonl", "test": "nli/val.jsonl"}},
+        "prompt": prompt, "choices": ["True", "False"],
+        "labels": {"entailment": "True", "not_entailment": "False"}, "metric": "accuracy"})
+
+
 # --------------------------------------------------------------------------- raw formats
 
 
@@ -228,10 +236,7 @@ def test_row_published_in_both_splits_never_reaches_train(tmp_path):
     test_rows = [rows[2], {"premise": "only in test", "hypothesis": "h", "label": "not_entailment"}]
     _jsonl(tmp_path / "data" / "nli" / "train.jsonl", rows)
     _jsonl(tmp_path / "data" / "nli" / "val.jsonl", test_rows)
-    path = _task_file(tmp_path, "nli", {
-        "family": "nli", "source": {"format": "jsonl", "files": {"train": "nli/train.jsonl", "test": "nli/val.jsonl"}},
-        "prompt": "{premise}\nQuestion: {hypothesis} True or False?\nAnswer:", "choices": ["True", "False"],
-        "labels": {"entailment": "True", "not_entailment": "False"}, "metric": "accuracy"})
+    path = _nli_jsonl_task(tmp_path, "{premise}\nQuestion: {hypothesis} True or False?\nAnswer:")
     data = load_examples(load_task(str(path)), tmp_path / "data")
     assert data.dropped_overlap == 1
     assert len(data.train) == 5 and len(data.test) == 2
@@ -553,10 +558,7 @@ def test_near_duplicates_of_test_rows_are_dropped_from_train_and_counted(tmp_pat
     retyped = {"premise": "  PREMISE   2 ", "hypothesis": "H\t2", "label": "not_entailment"}
     _jsonl(tmp_path / "data" / "nli" / "train.jsonl", rows)
     _jsonl(tmp_path / "data" / "nli" / "val.jsonl", [retyped, {"premise": "p", "hypothesis": "h 2x", "label": "entailment"}])
-    path = _task_file(tmp_path, "nli", {
-        "family": "nli", "source": {"format": "jsonl", "files": {"train": "nli/train.jsonl", "test": "nli/val.jsonl"}},
-        "prompt": "{premise}\nQuestion: {hypothesis}\nAnswer:", "choices": ["True", "False"],
-        "labels": {"entailment": "True", "not_entailment": "False"}, "metric": "accuracy"})
+    path = _nli_jsonl_task(tmp_path, "{premise}\nQuestion: {hypothesis}\nAnswer:")
     data = load_examples(load_task(str(path)), tmp_path / "data")
     assert data.dropped_overlap == 1
     assert "nli:train:2" not in {ex.uid for ex in data.train} and len(data.train) == 5
