@@ -40,7 +40,7 @@ from manyicl.harness.runs import (
     write_yaml,
 )
 from manyicl.harness.schemas import MANIFEST_FILE, EvalManifest, Provenance, TrainManifest
-from manyicl.harness.settings import DEFAULT_MAX_LENGTH, METRIC_KEYS, EvalConfig, to_dict
+from manyicl.harness.settings import DEFAULT_MAX_LENGTH, METRIC_KEYS, EvalConfig, check_ranges, to_dict
 from manyicl.tasks.registry import TaskDef, load_examples, parse_task_list, resolve_data_dir
 from manyicl.train.sequences import Renderer, resolve_format
 
@@ -92,10 +92,7 @@ def _plan(cfg: EvalConfig, mut: ModelUnderTest) -> list[PlanEntry]:
 
 def run_evaluation(cfg: EvalConfig) -> Path:
     """Evaluate one model; returns the evaluation directory. Finished (task, shots, seed) entries are skipped."""
-    if cfg.seeds < 1:
-        raise HarnessError("--seeds must be at least 1.")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise HarnessError("--limit must be at least 1.")
+    check_ranges(cfg)  # the fields' own ranges and choices (the CLI checked them already; a library call has not)
     dedicated = _dedicated_models(cfg.model)
     if dedicated and cfg.server_url:
         raise HarnessError(f"{cfg.model} is a dedicated run with one model per task, and --server-url serves one "

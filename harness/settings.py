@@ -327,6 +327,15 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     return raw
 
 
+def check_ranges(settings: Any) -> None:
+    """A settings object built in code (a library call, not load_settings) checked against its fields' ranges and
+    choices, named as flags: the plain functions refuse what the command line refuses, from the same metadata."""
+    for f in fields(settings):
+        problem = _range_problem(getattr(settings, f.name), dict(f.metadata))
+        if problem:
+            raise HarnessError(f"{flag_name(f.name)} {problem}.")
+
+
 def flag_name(name: str) -> str:
     """How a settings field is spelled on the command line."""
     return "--" + name.replace("_", "-")

@@ -22,7 +22,7 @@ from manyicl.harness.models import (
 )
 from manyicl.harness.runs import check_output_folder, new_run_dir, publish_dir, write_json, write_yaml
 from manyicl.harness.schemas import CheckpointInfo, Provenance, TrainManifest, is_complete
-from manyicl.harness.settings import CURVE_DIR, METHODS, TRAIN_ARMS, TrainConfig, to_dict
+from manyicl.harness.settings import CURVE_DIR, TrainConfig, check_ranges, to_dict
 from manyicl.tasks.registry import TASKS_DIR, TaskData, load_examples, parse_task_list
 from manyicl.train import checkpoints, distributed
 from manyicl.train.sequences import (
@@ -151,20 +151,7 @@ def _load_train_tasks(cfg: TrainConfig) -> list[TaskData]:
 
 
 def _check(cfg: TrainConfig) -> None:
-    if cfg.method not in TRAIN_ARMS:
-        raise HarnessError(f"Unknown method `{cfg.method}`; use one of {', '.join(TRAIN_ARMS)}.")
-    if cfg.dedicated_method not in METHODS:
-        raise HarnessError(f"Unknown --dedicated-method `{cfg.dedicated_method}`; use one of {', '.join(METHODS)}.")
-    if cfg.max_seq_len < 16:
-        raise HarnessError(f"--max-seq-len {cfg.max_seq_len} is too small; use at least 16 tokens.")
-    for name in ("batch_size", "grad_accum", "save_steps"):
-        if getattr(cfg, name) < 1:
-            raise HarnessError(f"--{name.replace('_', '-')} must be at least 1.")
-    if cfg.lora_r < 0:
-        raise HarnessError("--lora-r must be 0 (full fine-tuning) or a positive rank.")
-    for name in ("eval_steps", "eval_examples_per_task"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise HarnessError(f"--{name.replace('_', '-')} must be at least 1.")
+    check_ranges(cfg)  # the fields' own ranges and choices (the CLI checked them already; a library call has not)
     _reporters(cfg)
 
 

@@ -555,7 +555,7 @@ def test_library_call_matches_cli(base_args):
     from manyicl.harness.settings import TrainConfig
     from manyicl.train.trainer import run_training
 
-    with pytest.raises(HarnessError, match="Unknown method"):
+    with pytest.raises(HarnessError, match=r"^--method must be one of zero-shot, .*, not `nope`\.$"):
         run_training(TrainConfig(method="nope", max_steps=1))
 
 
