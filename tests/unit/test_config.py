@@ -224,3 +224,12 @@ def test_a_runs_config_yaml_loads_back_with_absolute_task_paths(tmp_path, monkey
     monkeypatch.chdir("/")
     again = load_settings(TrainConfig, path)
     assert again == TrainConfig(**(to_dict(cfg) | {"format": "chat"}))
+
+
+def test_the_backend_choices_are_the_registered_runners():
+    from dataclasses import fields as dataclass_fields
+
+    from manyicl.harness.lm_eval_bridge import BACKENDS
+
+    backend = next(f for f in dataclass_fields(EvalConfig) if f.name == "backend")
+    assert set(backend.metadata["choices"]) == set(BACKENDS)  # a new runner must be named in the setting too
