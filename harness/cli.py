@@ -28,6 +28,7 @@ from manyicl.harness.cli_options import (
     EvalFormatOpt,
     EvalMethodOpt,
     EvalOutputOpt,
+    EvalProcessesOpt,
     EvalSeedOpt,
     EvalShotsOpt,
     EvalStepsOpt,
@@ -243,6 +244,7 @@ def evaluate(
     data_dir: DataDirOpt = None,
     tensor_parallel_size: TensorParallelOpt = None,
     data_parallel_size: DataParallelOpt = None,
+    num_processes: EvalProcessesOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Score a model at 0/few/many shots (and on the forgetting probes) through lm-eval.
@@ -257,7 +259,7 @@ def evaluate(
         "server_url": server_url, "served_model": served_model, "dtype": dtype, "batch_size": batch_size,
         "seeds": seeds, "seed": seed, "limit": limit, "max_length": max_length, "format": fmt, "method": method,
         "data_dir": data_dir, "tensor_parallel_size": tensor_parallel_size,
-        "data_parallel_size": data_parallel_size})
+        "data_parallel_size": data_parallel_size, "num_processes": num_processes})
     if len(split_list(cfg.model)) > 1:  # several adapters, one server
         from manyicl.harness.shared_server import evaluate_arms
 

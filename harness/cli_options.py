@@ -82,6 +82,7 @@ EvalMethodOpt = Annotated[str | None, _from(EvalConfig, "method", "--method")]
 TensorParallelOpt = Annotated[int | None, _from(EvalConfig, "tensor_parallel_size", "--tensor-parallel-size",
                                             panel="Scale")]
 DataParallelOpt = Annotated[int | None, _from(EvalConfig, "data_parallel_size", "--data-parallel-size", panel="Scale")]
+EvalProcessesOpt = Annotated[int | None, _from(EvalConfig, "num_processes", "--num-processes", panel="Scale")]
 
 # --------------------------------------------------------------------------- harness study
 StudyOutputOpt = Annotated[str | None, _from(StudyConfig, "output_dir", "--output-dir", "-o")]

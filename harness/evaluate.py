@@ -185,7 +185,7 @@ def _score(todo: list[tuple[PromptSet, str]], cfg: EvalConfig, mut: ModelUnderTe
                     name, count, max_length)
     timing = {"tasks": sorted({p.task.name for p, _ in todo}), "shots": sorted({p.shots for p, _ in todo}),
               "backend": backend, "documents": n_docs, "skipped_documents": skipped, "seconds": round(seconds, 3),
-              "documents_per_second": round(n_docs / max(seconds, 1e-9), 3)}
+              "documents_per_second": round(n_docs / max(seconds, 1e-9), 3), "num_processes": cfg.num_processes}
     if PREFIX_CACHE_KEY in results:
         # vLLM's prefix-cache use during the call, as its /metrics reported it: generation requests read the
         # cache, log-likelihood requests (they ask for prompt log-probs) skip it.
@@ -244,7 +244,8 @@ def _collect(results: dict[str, Any], prompt_sets: dict[str, tuple[PromptSet, st
         stderr = float(stderr) if isinstance(stderr, int | float) else None
         used = prompts.shots_used
         lines = []
-        for sample in samples.get(name, []):
+        # in document order: a sharded call (--num-processes) gathers them rank by rank
+        for sample in sorted(samples.get(name, []), key=lambda sample: sample.get("doc_id", 0)):
             doc = sample.get("doc", {})
             lines.append(json.dumps({
                 "uid": doc.get("uid"), "shots_used": doc.get("shots_used"), "prompt_tokens": doc.get("prompt_tokens"),

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from manyicl.harness import serve
+from manyicl.harness import launch, serve
 from manyicl.harness.backend_choice import auto_backend
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.models import ModelUnderTest
 from manyicl.harness.prompts import PromptSet
 from manyicl.harness.results import lm_eval_task_name
 from manyicl.harness.runs import atomic_write_text
-from manyicl.harness.settings import METRIC_KEYS, EvalConfig
+from manyicl.harness.settings import METRIC_KEYS, EvalConfig, to_dict
 from manyicl.train.sequences import Renderer
 
 METRICS_MODULE = Path(__file__).resolve().parent.parent / "tasks" / "lm_eval_metrics.py"
@@ -166,6 +166,10 @@ class ScoringCall:
 def _run_hf(call: ScoringCall, model: str = "hf") -> dict[str, Any]:
     import lm_eval
 
+    if launch.world_size() > 1:  # one of --num-processes N: lm-eval's hf model sharded by the global rank
+        import manyicl.harness.hf_ranks  # noqa: F401 - registers the lm-eval model `harness-hf`
+
+        model = "harness-hf" if model == "hf" else model
     mut, cfg = call.mut, call.cfg
     args: dict[str, Any] = {"pretrained": mut.model.path, "dtype": lm_eval_dtype(cfg), "max_length": call.max_length,
                             "device": _device()}
@@ -236,12 +240,17 @@ def choose_backend(cfg: EvalConfig, request_kinds: set[str]) -> tuple[str, str]:
     the fastest one bench/eval_many_shot.py measured for this hardware and these request kinds."""
     if cfg.backend not in BACKENDS:
         raise HarnessError(f"Unknown --backend `{cfg.backend}`; use one of {', '.join(BACKENDS)}.")
+    if cfg.server_url and cfg.num_processes > 1:
+        raise HarnessError("--num-processes shares documents over transformers-side scorers in this machine's "
+                           "processes, and --server-url scores on a server; drop one of them.")
     if cfg.server_url:
         if cfg.backend in ("hf", "prefix"):
             raise HarnessError(f"--backend {cfg.backend} scores in this process and --server-url on a server; "
                                "drop one of them.")
         serve.normalize_server_url(cfg.server_url)  # a malformed URL is refused before the model is read
         return "vllm", "--server-url names a running server"
+    if cfg.num_processes > 1:
+        return _sharded_backend(cfg)
     # tensor/data parallel sizes are vLLM's; `auto` honours them, the transformers-side backends cannot.
     parallel = cfg.tensor_parallel_size > 1 or cfg.data_parallel_size > 1
     if cfg.backend == "auto" and not parallel:
@@ -259,10 +268,52 @@ def choose_backend(cfg: EvalConfig, request_kinds: set[str]) -> tuple[str, str]:
     return backend, reason
 
 
+def _sharded_backend(cfg: EvalConfig) -> tuple[str, str]:
+    """--num-processes N shares the documents over N transformers-side scorers; vLLM has its own sizes."""
+    if cfg.tensor_parallel_size > 1 or cfg.data_parallel_size > 1:
+        raise HarnessError("--num-processes shares documents over transformers-side scorers (prefix, hf), while "
+                           "--tensor-parallel-size and --data-parallel-size size a vLLM server; give one kind.")
+    if cfg.backend == "vllm":
+        raise HarnessError("--num-processes applies to the transformers-side backends (prefix, hf); for vLLM pass "
+                           "--data-parallel-size instead.")
+    if cfg.backend == "auto":
+        return "prefix", (f"auto: --num-processes {cfg.num_processes} shares the documents over transformers-side "
+                          "scorers; the prefix scorer computes each setting's demonstrations once per process")
+    return cfg.backend, f"--backend {cfg.backend} on {cfg.num_processes} processes"
+
+
+def _score_on_processes(task_names: list[str], include_path: Path, cfg: EvalConfig, backend: str,
+                        max_length: int, log_dir: Path) -> dict[str, Any]:
+    """Run the lm-eval call on `cfg.num_processes` processes under `accelerate launch` (harness/score_worker.py):
+    each scores every N-th document (harness/hf_ranks.py), lm-eval gathers the results on rank 0, which hands
+    them back through a file. Everything else (prompts, result files, manifest) stays in this one process."""
+    import pickle
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="harness-score-") as tmp:
+        call, result = Path(tmp) / "call.json", Path(tmp) / "results.pkl"
+        call.write_text(json.dumps({"task_names": task_names, "include_path": str(include_path),
+                                    "settings": to_dict(cfg), "backend": backend, "max_length": max_length,
+                                    "log_dir": str(log_dir), "result_file": str(result)}), encoding="utf-8")
+        cmd = launch.launch_command(launch.accelerate_config_path(None), cfg.num_processes,
+                                    ["manyicl.harness.score_worker", str(call)])
+        code = subprocess.call(cmd, env=os.environ | {launch.LAUNCHED_ENV: str(cfg.num_processes)})
+        if code != 0 or not result.exists():
+            raise HarnessError(f"Scoring on {cfg.num_processes} processes under accelerate launch failed (exit code "
+                               f"{code}); the processes' own error is above. Nothing was recorded for this call.")
+        with open(result, "rb") as handle:
+            return pickle.load(handle)
+
+
 def run_lm_eval(task_names: list[str], include_path: Path, mut: ModelUnderTest, cfg: EvalConfig, backend: str,
                 max_length: int, log_dir: Path) -> dict[str, Any]:
-    """Score the generated tasks through lm-eval with one model load (or one server)."""
+    """Score the generated tasks through lm-eval with one model load (or one server), or on `--num-processes`
+    processes that each load the model and score their share."""
     from lm_eval.tasks import TaskManager
+
+    if cfg.num_processes > 1 and not launch.launched():
+        return _score_on_processes(task_names, include_path, cfg, backend, max_length, log_dir)
 
     logging.getLogger("lm_eval.evaluator").addFilter(_drop_chat_template_advice)
     manager = TaskManager(include_path=str(include_path), include_defaults=False)

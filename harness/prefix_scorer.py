@@ -26,6 +26,7 @@ from transformers import DynamicCache
 
 from manyicl.harness.cascade_attention import ATTN_IMPLEMENTATION, prefix_keys_values
 from manyicl.harness.errors import HarnessError
+from manyicl.harness.hf_ranks import adopt_launcher_world
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ class PrefixScorerLM(HFLM):
 
     def __init__(self, pretrained: Any, memory_budget_gb: float | str | None = None, **kwargs: Any) -> None:
         super().__init__(pretrained=pretrained, **kwargs)
+        adopt_launcher_world(self)  # under `harness evaluate --num-processes N`: every N-th document per process
         self._budget = self._budget_bytes(memory_budget_gb)
         caches = DynamicCache(config=self.model.config)
         if any(getattr(layer, "is_sliding", False) for layer in caches.layers):

@@ -167,6 +167,8 @@ class EvalConfig:
     # Issue 11: passed to the vLLM server this command starts (harness/shared_server.py).
     tensor_parallel_size: int = setting(1, "GPUs one model is split over (vLLM tensor parallelism)", at_least=1)
     data_parallel_size: int = setting(1, "model replicas (vLLM data parallelism; refused with a LoRA adapter)", at_least=1)
+    num_processes: int = setting(1, "processes the transformers-side scorer (prefix, hf) shares the documents over "
+                                 "(GPUs); > 1 re-launches the scoring under accelerate launch", at_least=1)
 
     def __post_init__(self):
         for name in ("tasks", "shots", "heldout", "probe_tasks", "probe_shots"):

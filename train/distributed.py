@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,25 +24,19 @@ from typing import Any
 import yaml
 
 from manyicl.harness.errors import HarnessError
-
-ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
-DEFAULT_MULTI_PROCESS_CONFIG = "multi-gpu"
-# Set by the re-launching parent: its children must not launch again, and must find the world it asked for.
-LAUNCHED_ENV = "HARNESS_LAUNCHED_PROCESSES"
-
-
-def world_size() -> int:
-    """Processes training together, as the launcher (torchrun under `accelerate launch`) exported it; else 1."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main_process() -> bool:
-    """Only this process writes the run directory (config, manifest, logs, the final model)."""
-    return rank() == 0
+from manyicl.harness.launch import (  # noqa: F401 - re-exported: the trainer and its tests ask here
+    ACCELERATE_CONFIGS,
+    LAUNCHED_ENV,
+    accelerate_config_path,
+    barrier,
+    check_accelerate_config,
+    check_world,
+    is_main_process,
+    launched,
+    rank,
+    world_size,
+)
+from manyicl.harness.launch import launch_command as _launch
 
 
 def prints_summary() -> bool:
@@ -53,83 +45,18 @@ def prints_summary() -> bool:
     return is_main_process() and LAUNCHED_ENV not in os.environ
 
 
-def barrier() -> None:
-    """Wait until every process gets here (nothing to wait for in a one-process run)."""
-    if world_size() > 1:
-        import torch
-        from accelerate import PartialState
-
-        # The first PartialState fixes the backend for the whole process; pass the same `cpu` flag the trainer's
-        # TrainingArguments(use_cpu=...) will, so CPU runs get gloo and GPU runs NCCL.
-        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
-
-
 def needs_launch(cfg: Any) -> bool:
     """Whether `harness train` must re-launch itself under `accelerate launch` (not when it already runs there)."""
     if cfg.num_processes < 1:
         raise HarnessError("--num-processes must be at least 1.")
-    launched = LAUNCHED_ENV in os.environ or "WORLD_SIZE" in os.environ
-    return not launched and (cfg.num_processes > 1 or cfg.accelerate_config is not None)
-
-
-def accelerate_config_path(name_or_path: str | None) -> Path:
-    """A shipped config by name (configs/accelerate/<name>.yaml) or a file path; default the multi-GPU (DDP) one."""
-    name = name_or_path or DEFAULT_MULTI_PROCESS_CONFIG
-    shipped = ACCELERATE_CONFIGS / f"{name}.yaml"
-    if shipped.exists():
-        return shipped
-    path = Path(name).expanduser()
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
-        raise HarnessError(f"Accelerate config `{name}` is neither a file nor a shipped config ({known}); "
-                           "pass one of those names or a path from `accelerate config`.")
-    return path
-
-
-def _read_accelerate_config(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise HarnessError(f"Accelerate config {path} is not valid YAML ({getattr(err, 'problem', err)}).") from None
-    if not isinstance(data, dict):
-        raise HarnessError(f"Accelerate config {path} must be a mapping of settings.")
-    return data
-
-
-def check_accelerate_config(path: Path, num_processes: int) -> dict[str, Any]:
-    """Refuse combinations where `accelerate launch` would silently start one process instead of N."""
-    data = _read_accelerate_config(path)
-    kind = str(data.get("distributed_type", "NO")).upper()
-    if num_processes > 1 and kind == "NO":
-        raise HarnessError(f"Accelerate config {path} has distributed_type NO, which launches one process, not "
-                           f"{num_processes}; use configs/accelerate/multi-gpu.yaml (or fsdp, deepspeed-zero3).")
-    if num_processes > 1 and data.get("use_cpu"):
-        # accelerate's launcher sends --cpu / use_cpu runs to its single-process launcher unless mpirun is set up.
-        raise HarnessError(f"Accelerate config {path} sets use_cpu, with which `accelerate launch` starts one "
-                           f"process, not {num_processes}; drop use_cpu (the harness trains on CPU by itself "
-                           "where there is no GPU, with gloo between processes).")
-    return data
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return not launched() and (cfg.num_processes > 1 or cfg.accelerate_config is not None)
 
 
 def launch_command(config_file: Path, num_processes: int, train_config: Path,
                    machine: dict[str, Any] | None = None) -> list[str]:
-    """`python -m accelerate.commands.launch ... -m manyicl.harness.cli train --config FILE`.
-
-    On a CPU this still uses the multi-GPU launcher (torchrun): `--cpu` would start one process. Each process then
-    trains on the CPU (TrainingArguments use_cpu, gloo between ranks) because it finds no GPU.
-    """
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-           "--num_processes", str(num_processes)]
-    machine = machine or {}
-    if int(machine.get("num_machines", 1) or 1) == 1:
-        cmd += ["--main_process_port", str(_free_port())]  # tests and several runs on one box must not collide
-    return cmd + ["-m", "manyicl.harness.cli", "train", "--config", str(train_config)]
+    """`python -m accelerate.commands.launch ... -m manyicl.harness.cli train --config FILE`."""
+    return _launch(config_file, num_processes, ["manyicl.harness.cli", "train", "--config", str(train_config)],
+                   machine)
 
 
 def launch_training(cfg: Any) -> Path:
@@ -164,11 +91,7 @@ def adopt_world(cfg: Any) -> None:
     Several processes must agree on one run directory, so a launch from outside the harness (srun + accelerate
     launch) must name it.
     """
-    size = world_size()
-    asked = os.environ.get(LAUNCHED_ENV)
-    if asked is not None and int(asked) != size:
-        raise HarnessError(f"accelerate launch started {size} process(es), not the {asked} asked for; check "
-                           "distributed_type and num_processes in the accelerate config.")
+    size = check_world()
     if size > 1 and not cfg.output_dir:
         raise HarnessError(f"Training on {size} processes needs --output-dir, so every process writes the same "
                            "run directory.")

@@ -411,6 +411,16 @@ FLAGS: list[Case] = [
     Case("flags", "unknown backend", lambda e: _evaluate(e, "--backend", "tpu"),
          r"--backend must be one of auto, prefix, hf, vllm, not `tpu`"),
     Case("flags", "shots not a number", lambda e: _evaluate(e, "--shots", "0,3x"), r"--shots value `3x` is not"),
+    Case("flags", "evaluate num-processes 0", lambda e: _evaluate(e, "--num-processes", "0"),
+         r"--num-processes must be at least 1, not 0"),
+    Case("flags", "num-processes with the vLLM backend", lambda e: _evaluate(
+        e, "--num-processes", "2", "--backend", "vllm"),
+        r"--num-processes applies to the transformers-side backends \(prefix, hf\); for vLLM pass "
+        r"--data-parallel-size instead"),
+    Case("flags", "num-processes with vLLM parallel sizes", lambda e: _evaluate(
+        e, "--num-processes", "2", "--tensor-parallel-size", "2"),
+        r"--num-processes shares documents over transformers-side scorers \(prefix, hf\), while "
+        r"--tensor-parallel-size and --data-parallel-size size a vLLM server; give one kind"),
     Case("flags", "k shots where fewer fit", lambda e: _evaluate(e, "--shots", "6", "--max-length", "120"),
          r"At --shots 6, \d+ of \d+ sst2 documents fit only \d+-\d+ demonstrations in 120 tokens; raise "
          r"--max-length, lower --shots, or use `many`"),
@@ -584,6 +594,10 @@ SERVERS = [
     Case("servers", "--backend prefix with --server-url", lambda e: _evaluate(
         e, "--backend", "prefix", "--server-url", _closed_port_url()),
         r"--backend prefix scores in this process and --server-url on a server; drop one of them"),
+    Case("servers", "--num-processes with --server-url", lambda e: _evaluate(
+        e, "--num-processes", "2", "--server-url", _closed_port_url()),
+        r"--num-processes shares documents over transformers-side scorers in this machine's processes, and "
+        r"--server-url scores on a server; drop one of them"),
     Case("servers", "several models with --server-url", lambda e: _evaluate(
         e, "--server-url", _closed_port_url(), model=f"{e.model},{e.model}"),
         r"--server-url scores one model on a server you run; give one --model with it"),

@@ -18,15 +18,15 @@ NAMESPACE = "manyicl."  # how the folders install (pyproject.toml's package-dir)
 # cycle test below keeps the graph a tree.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.errors",),
-    ("harness.runs", "harness.processes", "harness.tiny", "tasks.lm_eval_metrics"),
+    ("harness.runs", "harness.processes", "harness.tiny", "tasks.lm_eval_metrics", "harness.launch"),
     ("harness.settings", "harness.results", "harness.schemas", "harness.stats"),
     ("harness.paired",),
     ("tasks.formats", "tasks.registry", "harness.models"),
-    ("train.sequences", "train.distributed", "train.checkpoints"),
+    ("train.sequences", "train.distributed", "train.checkpoints", "harness.hf_ranks"),
     ("harness.prompts", "harness.serve", "harness.backend_choice", "harness.leaderboard", "harness.plots", "harness.claims",
      "train.trainer", "harness.preview", "harness.prefix_scorer", "harness.cascade_attention"),
     ("harness.lm_eval_bridge", "harness.report", "harness.study_display", "harness.study_stages"),
-    ("harness.evaluate",),
+    ("harness.evaluate", "harness.score_worker"),
     ("harness.study", "harness.study_estimate", "harness.shared_server"),
     ("harness.cli_options",),
     ("harness.cli",),
