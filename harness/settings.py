@@ -196,6 +196,9 @@ class StudyConfig:
                                          " default shots [many], one seed, the study's limit")
     output_dir: str | None = setting(None, "study directory; default results/studies/<name>")
     data_dir: str | None = setting(None, "folder with the task data; default $HARNESS_DATA_DIR, else the hub")
+    shared_server: bool | None = setting(None, "score the arms' LoRA adapters from one vLLM server, each by name; "
+                                         "default on when they can be (train.lora_r > 0, train.lora_merge false, "
+                                         "eval.backend vllm, two or more adapter arms)")
     expected_minutes: float | None = setting(None, "how long the study should take on its reference hardware", above=0)
     hardware: str = setting("", "the hardware the preset is sized for")
     throughput: dict[str, Any] = setting({}, "measured constants the dry run estimates time and memory from "

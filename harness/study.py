@@ -37,6 +37,7 @@ from manyicl.harness.study_stages import (
     mark_done,
     plan_stages,
     run_stage_process,
+    shares_one_server,
     stage_done,
     training_seeds,
 )
@@ -99,6 +100,7 @@ def _validate(cfg: StudyConfig, source: str = "The study") -> None:
     for part in ("eval", "curve_eval"):
         EvalConfig(**check_settings(EvalConfig, getattr(cfg, part), lambda name, part=part: f"{source} `{part}.{name}`"))
     training_seeds(cfg)
+    shares_one_server(cfg)  # `shared_server: true` where the arms cannot share a server is refused here
     if not train.budget_given:
         raise HarnessError("The study needs a matched budget: set train.max_steps and/or train.max_tokens.")
     parse_shots(split_list(cfg.eval.get("shots", ["0", "5", "many"])))

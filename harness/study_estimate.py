@@ -10,7 +10,7 @@ from typing import Any
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.prompts import parse_shots
 from manyicl.harness.settings import DEFAULT_MAX_LENGTH, StudyConfig, split_list
-from manyicl.harness.study_stages import Stage, plan_stages, training_seeds
+from manyicl.harness.study_stages import SHARED_ARMS, Stage, plan_stages, training_seeds
 
 GIB = 1024**3
 # What `throughput:` may hold. Rates are per stage process; `source` says where the numbers were measured.
@@ -99,14 +99,16 @@ def _eval_documents(cfg: StudyConfig, stage: Stage, docs: dict[str, int]) -> dic
     probe_shots = parse_shots(split_list(ev.get("probe_shots", ["0"])))
     # A dedicated run holds one model per training task: each scores its task and every probe.
     probe_copies = len(cfg.tasks) if stage.arm == "dedicated" else 1
+    # The shared-server stage scores several arms (`--model RUN_A,RUN_B`): every document once per arm.
+    arms = len(split_list(ev.get("model"))) if stage.arm == SHARED_ARMS else 1
     tasks = list(ev.get("tasks", [])) + ([] if stage.arm == "dedicated" else list(ev.get("heldout", [])))
     out: dict[str, int] = {}
     for task in tasks:
         for s in shots:
-            out[f"{task} @{s}"] = docs[task] * (1 if s == "0" else seeds)
+            out[f"{task} @{s}"] = docs[task] * (1 if s == "0" else seeds) * arms
     for probe in ev.get("probe_tasks", []) if ev.get("probes") else []:
         for s in probe_shots:
-            out[f"{probe} @{s}"] = docs[probe] * (1 if s == "0" else seeds) * probe_copies
+            out[f"{probe} @{s}"] = docs[probe] * (1 if s == "0" else seeds) * probe_copies * arms
     return out
 
 

@@ -43,11 +43,13 @@ def plan_stages(cfg: StudyConfig) -> list[Stage]:
     base_evals = str(root / "evals" / "base")
     # Every model is scored in the context it was trained in, the base model included, so probes compare.
     max_length = cfg.eval.get("max_length") or cfg.train.get("max_seq_len") or DEFAULT_MAX_LENGTH
-    eval_common = dict(cfg.eval) | {"tasks": cfg.tasks, "heldout": cfg.heldout, "probes": True,
+    eval_common = dict(cfg.eval) | {"tasks": cfg.tasks, "heldout": cfg.heldout, "probes": bool(cfg.probes),
                                     "probe_tasks": cfg.probes, "data_dir": cfg.data_dir, "max_length": max_length,
                                     "base_results": base_evals}
     shared_train = {k: v for k, v in cfg.train.items() if k != "seeds"}
     seeds = training_seeds(cfg)
+    served_together = shares_one_server(cfg)
+    adapters: list[tuple[str, Path]] = []  # (stage label, run directory) of the arms scored on the shared server
     for arm in cfg.arms:
         if arm == "base":
             stages.append(Stage("eval:base", "eval", arm, [], eval_common | {
@@ -63,12 +65,44 @@ def plan_stages(cfg: StudyConfig) -> list[Stage]:
                 train["seed"] = seed
             label = arm if seed is None else f"{arm}:seed{seed}"
             stages.append(Stage(f"train:{label}", "train", arm, [], train))
-            stages.append(Stage(f"eval:{label}", "eval", arm, [f"train:{label}"], eval_common | {
-                "model": str(run_dir), "output_dir": str(root / "evals" / name)}))
+            if served_together and arm != "dedicated":
+                adapters.append((label, run_dir))
+            else:
+                stages.append(Stage(f"eval:{label}", "eval", arm, [f"train:{label}"], eval_common | {
+                    "model": str(run_dir), "output_dir": str(root / "evals" / name)}))
             if arm != "dedicated":  # one model per task has no single curve; its tasks' models would each need one
                 stages += _curve_stages(cfg, arm, label, name, run_dir, eval_common)
+    if adapters:
+        # One `harness evaluate --model RUN_A,RUN_B,...`: one vLLM server, each arm scored by its run's name into
+        # evals/<name>/, the directory its own stage would have written.
+        stages.append(Stage("eval:adapters", "eval", SHARED_ARMS, [f"train:{label}" for label, _ in adapters],
+                            eval_common | {"model": ",".join(str(run) for _, run in adapters),
+                                           "output_dir": str(root / "evals")}))
     stages.append(Stage("report", "report", "", []))
     return stages
+
+
+SHARED_ARMS = "adapters"  # the `arm` of the stage that scores several arms on one server
+
+
+def shares_one_server(cfg: StudyConfig) -> bool:
+    """Whether the study scores its arms' LoRA adapters from one vLLM server (`shared_server`; by default when
+    it can), instead of starting a server per arm. `shared_server: true` where it cannot is an error."""
+    ev, train = cfg.eval, cfg.train
+    adapter_arms = [a for a in cfg.arms if a not in ("base", "dedicated")]
+    reasons = [why for why, blocked in (
+        ("eval.backend is not vllm", ev.get("backend") != "vllm"),
+        ("eval.server_url names a server of your own", bool(ev.get("server_url"))),
+        ("the arms are not LoRA adapters (train.lora_r is 0)", not train.get("lora_r")),
+        ("the adapters are merged into full weights (set train.lora_merge: false)", train.get("lora_merge", True)),
+        ("vLLM data parallelism is refused with adapters (eval.data_parallel_size)",
+         int(ev.get("data_parallel_size", 1) or 1) > 1),
+        ("fewer than two arms are adapters", len(adapter_arms) * max(len(training_seeds(cfg)), 1) < 2),
+    ) if blocked]
+    if cfg.shared_server and reasons:
+        raise HarnessError(f"The study sets shared_server: true, but {reasons[0]}; one server serves the LoRA "
+                           "adapters of one base model scored through vLLM.")
+    return cfg.shared_server is not False and not reasons
 
 
 def _curve_stages(cfg: StudyConfig, arm: str, label: str, name: str, run_dir: Path,

@@ -99,3 +99,15 @@ def test_evaluating_several_arms_refuses_what_one_server_cannot_do(tmp_path):
         evaluate_arms(EvalConfig(model="a,b", backend="hf"))
     with pytest.raises(HarnessError, match="give one --model with it"):
         evaluate_arms(EvalConfig(model="a,b", server_url="http://h/v1"))
+
+
+def test_num_processes_chooses_a_transformers_side_backend():
+    assert choose_backend(EvalConfig(num_processes=2), {"generation"})[0] == "prefix"
+    assert choose_backend(EvalConfig(num_processes=2, backend="hf"), {"multiple_choice"}) == (
+        "hf", "--backend hf on 2 processes")
+    with pytest.raises(HarnessError, match="for vLLM pass --data-parallel-size instead"):
+        choose_backend(EvalConfig(num_processes=2, backend="vllm"), {"multiple_choice"})
+    with pytest.raises(HarnessError, match="give one kind"):
+        choose_backend(EvalConfig(num_processes=2, data_parallel_size=2), {"multiple_choice"})
+    with pytest.raises(HarnessError, match="--server-url scores on a server"):
+        choose_backend(EvalConfig(num_processes=2, server_url="http://h/v1"), {"multiple_choice"})

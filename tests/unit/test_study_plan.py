@@ -103,3 +103,35 @@ def test_zero_shots_need_one_demonstration_seed():
     cfg = EvalConfig(seeds=3, seed=10)
     assert demonstration_seeds(cfg, "0") == [10]
     assert demonstration_seeds(cfg, "4") == demonstration_seeds(cfg, "many") == [10, 11, 12]
+
+
+LORA_VLLM = dict(train={"max_steps": 4, "lora_r": 8, "lora_merge": False}, eval={"backend": "vllm", "limit": 20})
+
+
+def test_lora_arms_share_one_server_stage(tmp_path):
+    cfg = study(tmp_path, arms=["base", "zero-shot", "manyicl", "dedicated"], **LORA_VLLM)
+    stages = {s.name: s for s in plan_stages(cfg)}
+    assert "eval:zero-shot" not in stages and "eval:manyicl" not in stages
+    shared = stages["eval:adapters"]
+    assert shared.needs == ["train:zero-shot", "train:manyicl"]
+    assert shared.config["model"].split(",") == [str(tmp_path / "s" / "runs" / a) for a in ("zero-shot", "manyicl")]
+    assert shared.config["output_dir"] == str(tmp_path / "s" / "evals")  # each arm into evals/<arm>/, as alone
+    assert "eval:base" in stages and "eval:dedicated" in stages  # full weights / one model per task: their own
+    # the dry run: both arms' documents, one server start
+    est = {s.name: s for s in estimate_study(cfg, documents={"sst2": 20, "rte": 20, "cb": 10, "arc_easy": 20}).stages}
+    assert est["eval:adapters"].documents["sst2 @0"] == 2 * 20
+    assert est["eval:adapters"].seconds == pytest.approx(10 + 2 * (est["eval:base"].seconds - 10))
+
+
+def test_shared_server_only_where_arms_can_share_one(tmp_path):
+    names = lambda cfg: [s.name for s in plan_stages(cfg)]  # noqa: E731
+    merged = dict(LORA_VLLM, train=LORA_VLLM["train"] | {"lora_merge": True})
+    assert "eval:adapters" not in names(study(tmp_path, **merged))
+    assert "eval:adapters" not in names(study(tmp_path, **LORA_VLLM, shared_server=False))
+    assert "eval:adapters" not in names(study(tmp_path, train=LORA_VLLM["train"], eval={"backend": "prefix"}))
+    with pytest.raises(HarnessError, match="shared_server: true, but eval.backend is not vllm"):
+        plan_stages(study(tmp_path, train=LORA_VLLM["train"], shared_server=True))
+    with pytest.raises(HarnessError, match="shared_server: true, but the adapters are merged"):
+        plan_stages(study(tmp_path, **merged, shared_server=True))
+    with pytest.raises(HarnessError, match="fewer than two arms are adapters"):
+        plan_stages(study(tmp_path, **LORA_VLLM, arms=["base", "manyicl"], shared_server=True))
