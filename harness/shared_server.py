@@ -82,6 +82,9 @@ def evaluate_arms(cfg: EvalConfig, specs: list[str] | None = None, **server_opti
     specs = specs if specs is not None else split_list(cfg.model)
     if cfg.server_url:
         raise HarnessError("--server-url scores one model on a server you run; give one --model with it.")
+    if cfg.num_processes > 1:
+        raise HarnessError("Several adapters are scored on one vLLM server, and --num-processes shares documents over "
+                           "transformers-side scorers; drop it (--tensor-parallel-size splits the server's model).")
     if cfg.backend in ("hf", "prefix") or not vllm_available():
         raise HarnessError("Scoring several adapters on one server needs the vLLM backend (scripts/setup.sh "
                            f"installs it); with --backend {cfg.backend if cfg.backend in ('hf', 'prefix') else 'hf'} "

@@ -598,6 +598,10 @@ SERVERS = [
         e, "--num-processes", "2", "--server-url", _closed_port_url()),
         r"--num-processes shares documents over transformers-side scorers in this machine's processes, and "
         r"--server-url scores on a server; drop one of them"),
+    Case("servers", "several models with --num-processes", lambda e: _evaluate(
+        e, "--num-processes", "2", model=f"{e.model},{e.model}"),
+        r"Several adapters are scored on one vLLM server, and --num-processes shares documents over "
+        r"transformers-side scorers; drop it"),
     Case("servers", "several models with --server-url", lambda e: _evaluate(
         e, "--server-url", _closed_port_url(), model=f"{e.model},{e.model}"),
         r"--server-url scores one model on a server you run; give one --model with it"),
