@@ -125,8 +125,28 @@ def _read_config(path: Path) -> dict:
     return config
 
 
+def check_safetensors(path: Path) -> None:
+    """Refuse a cut or empty .safetensors file from its header alone (8-byte length, JSON, tensor offsets that
+    fit the file), so a damaged download fails before anything is written, not when the model loads."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = json.loads(handle.read(length)) if 2 <= length <= size - 8 else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    ends = [t.get("data_offsets", [0, 0])[1] for k, t in (header or {}).items()
+            if k != "__metadata__" and isinstance(t, dict)]
+    if not isinstance(header, dict) or 8 + length + max(ends, default=0) > size:
+        raise HarnessError(f"{path} is cut short or damaged ({size:,} bytes, not a whole safetensors file); copy, "
+                           "download or save the model again.")
+
+
 def check_model_folder(path: Path) -> None:
     """Refuse a model folder that cannot load (a half-finished copy or save) before anything is written."""
+    for weights in sorted(path.glob("*.safetensors")):
+        check_safetensors(weights)
     if (path / "adapter_config.json").exists():
         _read_config(path / "adapter_config.json")
         if not any((path / f).exists() for f in _ADAPTER_WEIGHTS):

@@ -328,9 +328,22 @@ MODELS = [
     Case("models", "an adapter folder without weights", lambda e: e.train("sst2", model=str(e.file(
         "adapter/adapter_config.json", json.dumps({"base_model_name_or_path": str(e.model)})).parent), data=e.tiny_data),
         r"has adapter_config\.json but no adapter weights"),
+    Case("models", "a weights file cut short", lambda e: _evaluate(e, model=_model_with_cut_weights(e)),
+         r"model\.safetensors is cut short or damaged \([\d,]+ bytes, not a whole safetensors file\)"),
+    Case("models", "an empty weights file", lambda e: e.train("sst2", model=_model_copy(
+        e, write=("model.safetensors", "")), data=e.tiny_data),
+        r"model\.safetensors is cut short or damaged \(0 bytes, not a whole safetensors file\)"),
     Case("models", "a path that does not exist", lambda e: e.train("sst2", model="./no/such/model", data=e.tiny_data),
          r"Model path \./no/such/model does not exist"),
 ]
+
+
+def _model_with_cut_weights(e: Env) -> str:
+    """The tiny model with its weights file cut in half, as an interrupted download leaves it."""
+    folder = Path(_model_copy(e, drop="model.safetensors"))
+    weights = (e.model / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    return str(folder)
 
 
 def _model_copy_without_tokenizer(e: Env) -> str:

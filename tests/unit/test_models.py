@@ -11,11 +11,13 @@ import manyicl.harness.models as models
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.models import DEFAULT_HUB_ID, DEFAULT_MODEL, resolve_model
 
+EMPTY_SAFETENSORS = (2).to_bytes(8, "little") + b"{}"  # a whole safetensors file holding no tensors
+
 
 def _model_folder(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "config.json").write_text('{"model_type": "llama"}')
-    (path / "model.safetensors").write_bytes(b"")  # resolution checks the files exist; nothing loads them here
+    (path / "model.safetensors").write_bytes(EMPTY_SAFETENSORS)  # resolution checks the files exist; nothing loads them here
     (path / "tokenizer.json").write_text("{}")
     return path
 
@@ -26,7 +28,7 @@ def _adapter_folder(path: Path, base: str | None) -> Path:
     if base is not None:
         cfg["base_model_name_or_path"] = base
     (path / "adapter_config.json").write_text(json.dumps(cfg))
-    (path / "adapter_model.safetensors").write_bytes(b"")
+    (path / "adapter_model.safetensors").write_bytes(EMPTY_SAFETENSORS)
     return path
 
 

@@ -14,11 +14,13 @@ from manyicl.harness.serve import parallel_args, server_command
 from manyicl.harness.settings import EvalConfig
 from manyicl.harness.shared_server import adapter_arms, evaluate_arms
 
+EMPTY_SAFETENSORS = (2).to_bytes(8, "little") + b"{}"  # a whole safetensors file holding no tensors
+
 
 def _model(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    (folder / "model.safetensors").write_bytes(b"")  # present: model resolution refuses a folder without weights
+    (folder / "model.safetensors").write_bytes(EMPTY_SAFETENSORS)  # present: model resolution refuses a folder without weights
     (folder / "tokenizer_config.json").write_text("{}")  # and one without a tokenizer
     return folder
 
@@ -26,7 +28,7 @@ def _model(folder: Path) -> Path:
 def _adapter(folder: Path, base: Path, rank: int = 8) -> Path:
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "r": rank}))
-    (folder / "adapter_model.safetensors").write_bytes(b"")  # present: model resolution refuses a folder without it
+    (folder / "adapter_model.safetensors").write_bytes(EMPTY_SAFETENSORS)  # present: model resolution refuses a folder without it
     return folder
 
 
