@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from manyicl.harness import launch
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.lm_eval_bridge import (
     PREFIX_CACHE_KEY,
@@ -93,6 +94,9 @@ def _plan(cfg: EvalConfig, mut: ModelUnderTest) -> list[PlanEntry]:
 def run_evaluation(cfg: EvalConfig) -> Path:
     """Evaluate one model; returns the evaluation directory. Finished (task, shots, seed) entries are skipped."""
     check_ranges(cfg)  # the fields' own ranges and choices (the CLI checked them already; a library call has not)
+    if launch.world_size() > 1:  # N copies of this would each write the same evaluation directory
+        raise HarnessError(f"harness evaluate is running as one of {launch.world_size()} launched processes; run it "
+                           "as one process with --num-processes N, and it launches its N scorers itself.")
     dedicated = _dedicated_models(cfg.model)
     if dedicated and cfg.server_url:
         raise HarnessError(f"{cfg.model} is a dedicated run with one model per task, and --server-url serves one "

@@ -114,6 +114,7 @@ class Case:
     warns: str | None = None  # regular expression a logged warning must match
     why_xfail: str | None = None  # a known gap, with the change that closes it (strict: passing makes it fail)
     marks: tuple = field(default=())
+    environ: tuple[tuple[str, str], ...] = ()  # environment variables the command runs with
 
 
 # --------------------------------------------------------------------------- task files
@@ -424,6 +425,9 @@ FLAGS: list[Case] = [
     Case("flags", "unknown backend", lambda e: _evaluate(e, "--backend", "tpu"),
          r"--backend must be one of auto, prefix, hf, vllm, not `tpu`"),
     Case("flags", "shots not a number", lambda e: _evaluate(e, "--shots", "0,3x"), r"--shots value `3x` is not"),
+    Case("flags", "evaluate under an outside launcher", lambda e: _evaluate(e),
+         r"harness evaluate is running as one of 2 launched processes; run it as one process with "
+         r"--num-processes N", environ=(("WORLD_SIZE", "2"), ("RANK", "0"))),  # as torchrun starts it
     Case("flags", "evaluate num-processes 0", lambda e: _evaluate(e, "--num-processes", "0"),
          r"--num-processes must be at least 1, not 0"),
     Case("flags", "num-processes with the vLLM backend", lambda e: _evaluate(
@@ -699,6 +703,8 @@ def test_bad_input(case: Case, tmp_path, tiny_model, tiny_data, monkeypatch, cap
     env = Env(tmp=tmp_path / "case", model=tiny_model, tiny_data=tiny_data)
     env.tmp.mkdir()
     argv = case.argv(env)
+    for name, value in case.environ:
+        monkeypatch.setenv(name, value)
     before = _snapshot(env.tmp)
     out_existed = env.out.exists()
     try:

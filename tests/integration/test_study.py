@@ -366,7 +366,7 @@ def test_unknown_preset_and_missing_study_file(tmp_path):
 def test_every_preset_is_a_valid_study():
     from manyicl.harness.study import PRESETS_DIR, load_study, study_presets
     from manyicl.harness.study_estimate import estimate_study
-    from manyicl.harness.study_stages import plan_stages
+    from manyicl.harness.study_stages import plan_stages, shares_one_server
 
     assert study_presets() == ["demo", "demo-full", "paper", "paper-1gpu-lora", "paper-8gpu-fsdp", "smoke"]
     assert sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")) == ["demo", "demo-full", "paper", "paper-1gpu-lora",
@@ -374,9 +374,13 @@ def test_every_preset_is_a_valid_study():
     for name in study_presets():
         cfg = load_study(None, name, {"output_dir": "/tmp/unused"})
         stages = plan_stages(cfg)
-        curves = len(cfg.train.get("curve_points") or []) * len([a for a in cfg.arms if a not in {"base", "dedicated"}])
+        adapter_arms = [a for a in cfg.arms if a not in {"base", "dedicated"}]
+        curves = len(cfg.train.get("curve_points") or []) * len(adapter_arms)
         assert stages[-1].name == "report"
-        assert len(stages) == 2 * len(cfg.arms) - ("base" in cfg.arms) + 1 + curves
+        # one training stage per arm but base; one evaluation per arm, or one for all the arms sharing a server
+        evaluations = len(cfg.arms) - (len(adapter_arms) - 1 if shares_one_server(cfg) else 0)
+        assert len(stages) == len(cfg.arms) - ("base" in cfg.arms) + evaluations + 1 + curves
+        assert ("eval:adapters" in {s.name for s in stages}) == (name == "paper-1gpu-lora")
         if os.environ.get("HARNESS_DATA_DIR"):
             # the time a preset states is the one its own constants give (documents read from the real data)
             minutes = estimate_study(cfg).seconds / 60
