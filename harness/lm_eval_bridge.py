@@ -100,7 +100,7 @@ def lm_eval_dtype(cfg: EvalConfig) -> str:
 
 def _drop_chat_template_advice(record: logging.LogRecord) -> bool:
     """Our prompts already carry the chat template; lm-eval's advice to apply one would mislead."""
-    return "chat template is not applied" not in record.getMessage()
+    return "chat template is not applied" not in " ".join(record.getMessage().split())  # lm-eval wraps its lines
 
 
 @dataclass
