@@ -33,6 +33,7 @@ from manyicl.harness.settings import (
 )
 from manyicl.harness.study_display import NullDisplay, estimate_left
 from manyicl.harness.study_stages import (
+    SHARED_ARMS,
     Stage,
     mark_done,
     plan_stages,
@@ -40,6 +41,7 @@ from manyicl.harness.study_stages import (
     shares_one_server,
     stage_done,
     training_seeds,
+    without_failed_arms,
 )
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -154,6 +156,10 @@ def _run_one(stage: Stage, cfg: StudyConfig, root: Path, results: dict[str, Stag
              durations: dict[str, list[float]], display: Any) -> StageResult:
     """Run one stage unless it is blocked by a failed one or already done; report it to the display."""
     failed_needs = [n for n in stage.needs if results.get(n) and results[n].status in {"failed", "blocked"}]
+    left_out = ""
+    if failed_needs and stage.arm == SHARED_ARMS and len(failed_needs) < len(stage.needs):
+        left_out = f" (without the arms of {', '.join(failed_needs)}, which failed)"
+        stage, failed_needs = without_failed_arms(stage, failed_needs), []
     if failed_needs:
         display.done(stage.name, "blocked")
         return StageResult(stage.name, "blocked", 0.0, results[failed_needs[0]].log)
@@ -175,5 +181,5 @@ def _run_one(stage: Stage, cfg: StudyConfig, root: Path, results: dict[str, Stag
     if stage.kind == "eval":
         mark_done(stage, seconds)
     durations.setdefault(stage.kind, []).append(seconds)
-    display.done(stage.name, f"done in {seconds:.0f} s")
+    display.done(stage.name, f"done in {seconds:.0f} s{left_out}")
     return StageResult(stage.name, "done", seconds, log)

@@ -3,6 +3,7 @@ and how a finished stage is recognised from its directory (so a killed study res
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import signal
@@ -18,7 +19,7 @@ from manyicl.harness.errors import HarnessError
 from manyicl.harness.processes import die_with_parent, stop_process_group
 from manyicl.harness.runs import write_yaml
 from manyicl.harness.schemas import STAGE_DONE_FILE, StageDone, is_complete
-from manyicl.harness.settings import CURVE_DIR, DEFAULT_MAX_LENGTH, StudyConfig
+from manyicl.harness.settings import CURVE_DIR, DEFAULT_MAX_LENGTH, StudyConfig, split_list
 
 
 @dataclass
@@ -83,6 +84,18 @@ def plan_stages(cfg: StudyConfig) -> list[Stage]:
 
 
 SHARED_ARMS = "adapters"  # the `arm` of the stage that scores several arms on one server
+
+
+def without_failed_arms(stage: Stage, failed: list[str]) -> Stage:
+    """The shared-server stage for the arms whose training finished: one arm's failed training must not hold back
+    the others' scores. A rerun (after the fix) plans the whole stage again, trains the missing arm and scores only
+    what has no records yet. One arm left is scored on its own, into its own `evals/<arm>/`."""
+    keep = [(need, run) for need, run in zip(stage.needs, split_list(stage.config["model"]), strict=True)
+            if need not in failed]  # type: ignore[index]
+    config = dict(stage.config or {}) | {"model": ",".join(run for _, run in keep)}
+    if len(keep) == 1:
+        config["output_dir"] = str(Path(config["output_dir"]) / Path(keep[0][1]).name)
+    return dataclasses.replace(stage, needs=[need for need, _ in keep], config=config)
 
 
 def shares_one_server(cfg: StudyConfig) -> bool:

@@ -135,3 +135,18 @@ def test_shared_server_only_where_arms_can_share_one(tmp_path):
         plan_stages(study(tmp_path, **merged, shared_server=True))
     with pytest.raises(HarnessError, match="fewer than two arms are adapters"):
         plan_stages(study(tmp_path, **LORA_VLLM, arms=["base", "manyicl"], shared_server=True))
+
+
+def test_a_failed_arm_leaves_the_shared_stage_to_the_others(tmp_path):
+    from manyicl.harness.study_stages import without_failed_arms
+
+    cfg = study(tmp_path, arms=["zero-shot", "few-shot", "manyicl"], **LORA_VLLM)
+    shared = {s.name: s for s in plan_stages(cfg)}["eval:adapters"]
+    runs = tmp_path / "s" / "runs"
+    two = without_failed_arms(shared, ["train:few-shot"])
+    assert two.needs == ["train:zero-shot", "train:manyicl"]
+    assert two.config["model"] == f"{runs / 'zero-shot'},{runs / 'manyicl'}"
+    assert two.config["output_dir"] == shared.config["output_dir"] and two.config != shared.config  # rerun redoes it
+    one = without_failed_arms(shared, ["train:few-shot", "train:zero-shot"])
+    # one arm is scored alone, into the folder it has on the shared server
+    assert one.config["model"] == str(runs / "manyicl") and one.config["output_dir"].endswith("evals/manyicl")
