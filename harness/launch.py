@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from manyicl.harness.errors import HarnessError
+from manyicl.harness.settings import read_yaml_mapping
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
 DEFAULT_MULTI_PROCESS_CONFIG = "multi-gpu"
@@ -77,19 +76,9 @@ def accelerate_config_path(name_or_path: str | None) -> Path:
     return path
 
 
-def _read_accelerate_config(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise HarnessError(f"Accelerate config {path} is not valid YAML ({getattr(err, 'problem', err)}).") from None
-    if not isinstance(data, dict):
-        raise HarnessError(f"Accelerate config {path} must be a mapping of settings.")
-    return data
-
-
 def check_accelerate_config(path: Path, num_processes: int) -> dict[str, Any]:
     """Refuse combinations where `accelerate launch` would silently start one process instead of N."""
-    data = _read_accelerate_config(path)
+    data = read_yaml_mapping(path, "Accelerate config")
     kind = str(data.get("distributed_type", "NO")).upper()
     if num_processes > 1 and kind == "NO":
         raise HarnessError(f"Accelerate config {path} has distributed_type NO, which launches one process, not "

@@ -18,8 +18,8 @@ NAMESPACE = "manyicl."  # how the folders install (pyproject.toml's package-dir)
 # cycle test below keeps the graph a tree.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.errors",),
-    ("harness.runs", "harness.processes", "harness.tiny", "tasks.lm_eval_metrics", "harness.launch"),
-    ("harness.settings", "harness.results", "harness.schemas", "harness.stats"),
+    ("harness.runs", "harness.processes", "harness.tiny", "tasks.lm_eval_metrics"),
+    ("harness.settings", "harness.results", "harness.schemas", "harness.stats", "harness.launch"),
     ("harness.paired",),
     ("tasks.formats", "tasks.registry", "harness.models"),
     ("train.sequences", "train.distributed", "train.checkpoints", "harness.hf_ranks"),
