@@ -7,7 +7,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,6 +62,23 @@ def absolute_path(value: str | None) -> str | None:
 # What a run's or an evaluation's config.yaml records beside its settings (resolved from them, not settings a user
 # gives); `--config` skips them so that file can be given back as it is.
 RECORDED_KEYS = ("model_path", "adapter")
+
+
+def default_learning_rate(lora_r: int | None) -> float:
+    """The peak learning rate when none is given: LoRA (rank > 0) takes a larger one than full fine-tuning."""
+    return 2e-4 if lora_r else 2e-5
+
+
+def effective_lora_alpha(lora_alpha: int | None, lora_r: int | None) -> int:
+    """LoRA alpha as training applies it: the given one, else twice the rank."""
+    return lora_alpha or 2 * int(lora_r or 0)
+
+
+def rows_per_step(config: Mapping[str, Any]) -> int:
+    """Rows per optimizer step over all processes (batch x grad-accum x processes), from training settings as a
+    mapping: a TrainConfig's fields or a run's config.yaml (where an older one lacks a key, it counts as 1)."""
+    return (int(config.get("batch_size") or 1) * int(config.get("grad_accum") or 1)
+            * int(config.get("num_processes") or 1))
 
 
 def split_list(value: Any) -> list[str]:
@@ -130,9 +147,12 @@ class TrainConfig:
 
     @property
     def lr(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 2e-4 if self.lora_r else 2e-5
+        return self.learning_rate if self.learning_rate is not None else default_learning_rate(self.lora_r)
+
+    @property
+    def rows_per_step(self) -> int:
+        """Rows per optimizer step over all ranks: what the budget's steps count."""
+        return rows_per_step(vars(self))
 
 
 @dataclass

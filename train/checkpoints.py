@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from manyicl.harness.settings import default_learning_rate, effective_lora_alpha, rows_per_step, split_list
+
 MARKER = "complete.json"
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")  # transformers' PREFIX_CHECKPOINT_DIR-<global step>
 SET_ASIDE_PREFIX = "incomplete-"  # an incomplete checkpoint, renamed so transformers' `checkpoint-*` globs skip it
@@ -229,14 +231,6 @@ def _task(value: str) -> str:
     return (_path(value) or value) if Path(value).suffix in {".yaml", ".yml"} else value
 
 
-def _listed(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v).strip() for v in value]
-
-
 def _arms(config: Mapping[str, Any]) -> set[Any]:
     method = config.get("method")
     return {method, config.get("dedicated_method")} if method == "dedicated" else {method}
@@ -265,20 +259,19 @@ def _value(name: str, config: Mapping[str, Any], data_dir_env: str | None,
     """A setting as it acts on the run: defaults filled in, paths absolute, `auto` resolved."""
     value = config.get(name)
     if name == "tasks":
-        return [_task(t) for t in _listed(value)]
+        return [_task(t) for t in split_list(value)]
     if name == "data_dir":
         return _path(value or data_dir_env)
     if name == "format":
         return resolve_format(str(value))
     if name == "learning_rate":  # TrainConfig.lr: the default depends on LoRA
-        return float(value) if value is not None else (2e-4 if config.get("lora_r") else 2e-5)
+        return float(value) if value is not None else default_learning_rate(config.get("lora_r"))
     if name == "lora_alpha":
-        return value or 2 * int(config.get("lora_r") or 0)
+        return effective_lora_alpha(value, config.get("lora_r"))
     if name == "curve_points":
-        return sorted(float(p) for p in _listed(value))
+        return sorted(float(p) for p in split_list(value))
     if name == ROWS_PER_STEP:
-        return int(config.get("batch_size") or 1) * int(config.get("grad_accum") or 1) * int(
-            config.get("num_processes") or 1)
+        return rows_per_step(config)
     return value
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import os
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from manyicl.harness.launch import (  # noqa: F401 - re-exported: the trainer an
     world_size,
 )
 from manyicl.harness.launch import launch_command as _launch
+from manyicl.harness.settings import rows_per_step
 
 
 def prints_summary() -> bool:
@@ -98,15 +100,10 @@ def adopt_world(cfg: Any) -> None:
     cfg.num_processes = size
 
 
-def check_resume(run_dir: Path, cfg: Any) -> None:
+def check_resume(run_dir: Path, old: Mapping[str, Any], cfg: Any) -> None:
     """A resumed run must keep its rows per optimizer step (batch x grad_accum x processes): the rows and the
-    checkpoint's position in them depend on it."""
-    previous = run_dir / "config.yaml"
-    if not (cfg.resume and previous.exists()):
-        return
-    old = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
-    before = int(old.get("batch_size", 1)) * int(old.get("grad_accum", 1)) * int(old.get("num_processes", 1))
-    now = cfg.batch_size * cfg.grad_accum * cfg.num_processes
+    checkpoint's position in them depend on it. `old` is the run's config.yaml."""
+    before, now = rows_per_step(old), cfg.rows_per_step
     if before != now:
         raise HarnessError(f"{run_dir} was trained with {before} rows per optimizer step (batch x grad-accum x "
                            f"processes), not {now}; resume with the same product.")

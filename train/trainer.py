@@ -22,7 +22,7 @@ from manyicl.harness.models import (
 )
 from manyicl.harness.runs import check_output_folder, new_run_dir, publish_dir, write_json, write_yaml
 from manyicl.harness.schemas import CheckpointInfo, Provenance, TrainManifest, is_complete
-from manyicl.harness.settings import CURVE_DIR, TrainConfig, check_ranges, to_dict
+from manyicl.harness.settings import CURVE_DIR, TrainConfig, check_ranges, effective_lora_alpha, to_dict
 from manyicl.tasks.registry import TASKS_DIR, TaskData, load_examples, parse_task_list
 from manyicl.train import checkpoints, distributed
 from manyicl.train.sequences import (
@@ -87,7 +87,7 @@ def build_training_data(cfg: TrainConfig, renderer: Renderer, datasets: list[Tas
         raise HarnessError("Give a training budget: --max-steps, --max-tokens or --max-targets.")
     # an optimizer step takes batch x grad_accum rows on each of the N processes
     budget = Budget(cfg.max_steps, cfg.max_tokens, cfg.max_targets,
-                    rows_per_step=cfg.batch_size * cfg.grad_accum * cfg.num_processes)
+                    rows_per_step=cfg.rows_per_step)
     tokenized = {d.task.name: renderer.tokenize_examples(d.train) for d in datasets}
     first: list[TaskPacking] = []
 
@@ -212,7 +212,7 @@ def _refuse_changed_settings(cfg: TrainConfig, run_dir: Path, model: ResolvedMod
         raise HarnessError(f"Cannot resume {run_dir}: its config.yaml is not a mapping of settings; restore it or "
                            "choose another --output-dir.")
     if cfg.resume:
-        distributed.check_resume(run_dir, cfg)  # its own message for the rows per optimizer step
+        distributed.check_resume(run_dir, old, cfg)  # its own message for the rows per optimizer step
     tokenizer: list[Any] = []
 
     def resolve(fmt: str) -> str:
@@ -414,7 +414,7 @@ def _build_trainer(cfg: TrainConfig, model: ResolvedModel, run_dir: Path, prepar
     elif cfg.lora_r:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r, lora_dropout=0.05,
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=effective_lora_alpha(cfg.lora_alpha, cfg.lora_r), lora_dropout=0.05,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
 
     fused_head_on_trained_positions_only()  # [throughput]
@@ -547,7 +547,7 @@ def _curve_entries(cfg: TrainConfig, run_dir: Path, prepared: _Prepared, steps: 
     order, so the first step x rows-per-step rows are exactly what it saw). The last point is final/."""
     if not cfg.curve_points:
         return None
-    per_step = cfg.batch_size * cfg.grad_accum * cfg.num_processes  # rows per optimizer step, all ranks
+    per_step = cfg.rows_per_step
     entries = []
     for step, fraction in sorted(curve_steps(cfg, steps).items()):
         path = run_dir / "final" if fraction >= 1 else curve_folder(run_dir, fraction)

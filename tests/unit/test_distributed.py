@@ -123,10 +123,10 @@ def test_several_processes_need_one_output_dir(monkeypatch):
 
 
 def test_resume_keeps_the_rows_per_step(tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"batch_size": 1, "grad_accum": 2, "num_processes": 2}))
-    distributed.check_resume(tmp_path, TrainConfig(resume=True, batch_size=2, grad_accum=2, num_processes=1))
+    old = {"batch_size": 1, "grad_accum": 2, "num_processes": 2}  # the run's config.yaml
+    distributed.check_resume(tmp_path, old, TrainConfig(resume=True, batch_size=2, grad_accum=2, num_processes=1))
     with pytest.raises(HarnessError, match="4 rows per optimizer step .* not 2"):
-        distributed.check_resume(tmp_path, TrainConfig(resume=True, batch_size=1, grad_accum=2, num_processes=1))
+        distributed.check_resume(tmp_path, old, TrainConfig(resume=True, batch_size=1, grad_accum=2, num_processes=1))
 
 
 def test_a_study_passes_processes_and_parallel_sizes_to_its_stages():
