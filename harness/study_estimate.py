@@ -9,7 +9,7 @@ from typing import Any
 
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.prompts import parse_shots
-from manyicl.harness.settings import DEFAULT_MAX_LENGTH, StudyConfig, split_list
+from manyicl.harness.settings import DEFAULT_MAX_LENGTH, StudyConfig, rows_per_step, split_list
 from manyicl.harness.study_stages import SHARED_ARMS, Stage, plan_stages, training_seeds
 
 GIB = 1024**3
@@ -114,7 +114,7 @@ def _eval_documents(cfg: StudyConfig, stage: Stage, docs: dict[str, int]) -> dic
 
 def _train_tokens(cfg: StudyConfig) -> int:
     t = cfg.train
-    rows = int(t.get("batch_size", 1)) * int(t.get("grad_accum", 1))
+    rows = rows_per_step(t)  # over all processes, as the trainer counts a step
     by_steps = t["max_steps"] * rows * t.get("max_seq_len", DEFAULT_MAX_LENGTH) if t.get("max_steps") else None
     budgets = [b for b in (by_steps, t.get("max_tokens")) if b]
     if not budgets:

@@ -150,3 +150,10 @@ def test_a_failed_arm_leaves_the_shared_stage_to_the_others(tmp_path):
     one = without_failed_arms(shared, ["train:few-shot", "train:zero-shot"])
     # one arm is scored alone, into the folder it has on the shared server
     assert one.config["model"] == str(runs / "manyicl") and one.config["output_dir"].endswith("evals/manyicl")
+
+
+def test_steps_count_the_rows_of_every_process(tmp_path):
+    # 10 steps x 1 row x 4 processes x 100 tokens: 4,000 tokens, as the trainer takes them (the step budget binds)
+    cfg = study(tmp_path, train={"max_seq_len": 100, "max_steps": 10, "max_tokens": 8000, "num_processes": 4})
+    est = {s.name: s for s in estimate_study(cfg, documents={"sst2": 20, "rte": 20, "cb": 10, "arc_easy": 20}).stages}
+    assert est["train:manyicl"].seconds == pytest.approx(20 + 4000 / 100)
