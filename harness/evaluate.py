@@ -42,12 +42,12 @@ from manyicl.harness.runs import (
 )
 from manyicl.harness.schemas import MANIFEST_FILE, EvalManifest, Provenance, TrainManifest
 from manyicl.harness.settings import DEFAULT_MAX_LENGTH, METRIC_KEYS, EvalConfig, check_ranges, to_dict
-from manyicl.tasks.registry import TaskDef, load_examples, parse_task_list, resolve_data_dir
+from manyicl.tasks.registry import TaskData, TaskDef, load_examples, parse_task_list, resolve_data_dir
 from manyicl.train.sequences import Renderer, resolve_format
 
 log = logging.getLogger(__name__)
 # Settings that change the numbers: a re-run into the same directory must keep them.
-_PINNED = ("limit", "max_length", "format", "dtype", "data_dir")
+_PINNED = ("limit", "max_length", "format", "dtype", "data_dir", "draws", "draw_share", "split")
 # (task, role, shots): one entry of what to score; each is scored at every seed.
 PlanEntry = tuple[TaskDef, str, str]
 
@@ -125,7 +125,8 @@ def run_evaluation(cfg: EvalConfig) -> Path:
     renderer = Renderer(tokenizer, fmt)
     # Every prompt is fitted before anything is written: a setting that cannot be built (k shots that do not fit)
     # is refused with the output folder untouched.
-    prompts = [(build_prompts(load_examples(task, cfg.data_dir), renderer, shots, seed, max_length, cfg.limit), role)
+    prompts = [(build_prompts(_split(load_examples(task, cfg.data_dir), cfg.split), renderer, shots, seed,
+                              max_length, cfg.limit, cfg.draws, cfg.share), role)
                for task, role, shots, seed in todo]
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "config.yaml").exists():
@@ -142,6 +143,16 @@ def run_evaluation(cfg: EvalConfig) -> Path:
         _base_probe_records(cfg, mut, plan, out)
     write_lm_eval_readme(out, mut, max_length)
     return out
+
+
+def _split(data: TaskData, split: str) -> TaskData:
+    """The task's data with the documents to score in `test`: its validation split when asked (probes have none)."""
+    if split == "test":
+        return data
+    if not data.validation:
+        raise HarnessError(f"Task {data.task.name} has no validation split (probes and held-out tasks are never "
+                           "trained on, so none is carved); score it with --split test.")
+    return dataclasses.replace(data, test=data.validation)
 
 
 def _resolved_settings(cfg: EvalConfig, mut: ModelUnderTest, fmt: str, max_length: int) -> dict[str, Any]:
@@ -249,20 +260,53 @@ def _collect(results: dict[str, Any], prompt_sets: dict[str, tuple[PromptSet, st
         used = prompts.shots_used
         lines = []
         # in document order: a sharded call (--num-processes) gathers them rank by rank
+        predictions = []
         for sample in sorted(samples.get(name, []), key=lambda sample: sample.get("doc_id", 0)):
             doc = sample.get("doc", {})
+            response = _short(sample.get("filtered_resps"))
+            prediction = _prediction(response) if task.kind == "multiple_choice" else None
+            predictions.append(prediction)
             lines.append(json.dumps({
-                "uid": doc.get("uid"), "shots_used": doc.get("shots_used"), "prompt_tokens": doc.get("prompt_tokens"),
-                "target": sample.get("target"), "response": _short(sample.get("filtered_resps")),
-                **{k: sample[k] for k in (metric,) if k in sample}}) + "\n")
+                "uid": doc.get("uid"), "draw": doc.get("draw", 0), "shots_used": doc.get("shots_used"),
+                "prompt_tokens": doc.get("prompt_tokens"), "target": sample.get("target"), "prediction": prediction,
+                "response": response, **{k: sample[k] for k in (metric,) if k in sample}}) + "\n")
         atomic_write_text(samples_dir / f"{name}.jsonl", "".join(lines))  # whole or not at all (a full disk)
         records.append(ResultRecord(
             model=mut.display_name, model_path=mut.model.adapter or mut.model.path, base_model=mut.base_model,
             method=mut.method, task=task.name, family=task.family, role=role, shots=prompts.shots,
             shots_min=min(used), shots_mean=round(statistics.fmean(used), 2), shots_max=max(used),
             metric=task.metric, value=value, stderr=stderr, seed=prompts.seed, num_docs=len(prompts.docs),
-            backend=backend, format=fmt, max_length=max_length, created=created))
+            backend=backend, format=fmt, max_length=max_length, created=created, train_seed=mut.train_seed,
+            draws=prompts.draws, draw_share=f"{prompts.share[0]}/{prompts.share[1]}",
+            top_share=_top_share(predictions), majority_rate=_majority_rate(prompts)))
     return records
+
+
+def _prediction(response: Any) -> int | None:
+    """The chosen answer of a multiple-choice document: the choice with the highest log-likelihood."""
+    try:
+        scores = [float(r[0] if isinstance(r, list | tuple) else r) for r in response]
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(range(len(scores)), key=scores.__getitem__) if scores else None
+
+
+def _top_share(predictions: list[int | None]) -> float | None:
+    """The share of documents given the model's most frequent answer (multiple choice only): 1.0 is a model that
+    answers everything alike, whose accuracy is the class balance, not skill."""
+    chosen = [p for p in predictions if p is not None]
+    if not chosen:
+        return None
+    return round(max(chosen.count(c) for c in set(chosen)) / len(chosen), 4)
+
+
+def _majority_rate(prompts: PromptSet) -> float | None:
+    """The share of the scored documents whose gold answer is the most frequent one (multiple choice only): the
+    accuracy of always giving that answer."""
+    golds = [d.gold for d in prompts.docs if d.gold is not None]
+    if not golds:
+        return None
+    return round(max(golds.count(g) for g in set(golds)) / len(golds), 4)
 
 
 def _short(value: Any) -> Any:
@@ -279,7 +323,8 @@ def _base_probe_records(cfg: EvalConfig, mut: ModelUnderTest, plan: list[PlanEnt
     # the data directory is part of the key: other data means other probe documents
     max_length, fmt = context_length(cfg, mut), requested_format(cfg, mut)
     key = json.dumps([mut.base_model, cfg.limit, max_length, fmt if fmt != "auto" else None, cfg.dtype,
-                      resolve_data_dir(cfg.data_dir)], default=str)
+                      resolve_data_dir(cfg.data_dir)] + ([cfg.draws] if cfg.draws > 1 else [])
+                     + ([cfg.split] if cfg.split != "test" else []), default=str)
     cache = Path(cfg.base_results) if cfg.base_results else (
         results_dir() / "base-probes" / (Path(mut.base_model).name[:40] + "-" + hashlib.sha256(key.encode()).hexdigest()[:10]))
     probe_names = sorted({t.name for t, role, _ in plan if role == "probe"})
@@ -287,7 +332,7 @@ def _base_probe_records(cfg: EvalConfig, mut: ModelUnderTest, plan: list[PlanEnt
     # --server-url serves the checkpoint: the base model is scored by a backend of our own, never on that server
     base_cfg = dataclasses.replace(cfg, model=mut.base_model, tasks=probe_names, heldout=[], probes=False,
                                    shots=shots, method="base", output_dir=str(cache), base_results=None,
-                                   server_url=None, served_model=None,
+                                   server_url=None, served_model=None, draw_share=None,  # every block
                                    max_length=max_length, format=fmt)
     run_evaluation(base_cfg)
     target = out / "base"

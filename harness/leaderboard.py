@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.results import ResultRecord
-from manyicl.harness.settings import ARMS, FAMILIES
+from manyicl.harness.settings import ARMS, FAMILIES, ONE_ANSWER
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -92,6 +92,9 @@ class Leaderboard:
     best: dict[Column, frozenset[str]]  # models holding the best value; empty with fewer than two cells
     by: str  # family | task
     roles: tuple[str, ...]
+    # (model, task, shots) where the model gave one answer to at least ONE_ANSWER of the documents (multiple
+    # choice): its score there is the class balance, not skill
+    one_answer: tuple[tuple[str, str, str], ...] = ()
 
     def cell(self, model: str, column: tuple[str, str]) -> Cell | None:
         return self.cells.get((model, Column(*column)))
@@ -239,7 +242,9 @@ def build_leaderboard(records: list[ResultRecord], by: str = "family",
     if not ordered:
         raise HarnessError(f"No records with role {' or '.join(roles)} and no forgetting probes to rank; "
                            "check --roles or the directories passed.")
-    return Leaderboard(ordered, columns, cells, _best(columns, cells, used), by, tuple(roles))
+    flagged = tuple(sorted({(r.model, r.task, r.shots) for r in records
+                            if r.top_share is not None and r.top_share >= ONE_ANSWER and r.role in roles}))
+    return Leaderboard(ordered, columns, cells, _best(columns, cells, used), by, tuple(roles), flagged)
 
 
 def _check_request(by: str, roles: tuple[str, ...]) -> None:
@@ -339,6 +344,9 @@ def _note(lb: Leaderboard, bold: str) -> str:
     note = f"Scores ×100: mean ± sample std over {seeds} (n= where a cell has another count); {bold} = best in column."
     if any(c.kind == FORGETTING for c in lb.columns):
         note += " Forgetting = base minus model on the probes (lower is better; positive = worse than base)."
+    if lb.one_answer:
+        note += (f" One answer to ≥ {100 * ONE_ANSWER:.0f}% of the documents (the score is the class balance, not "
+                 "skill): " + ", ".join(f"{m} on {t} at {s} shots" for m, t, s in lb.one_answer) + ".")
     return note
 
 

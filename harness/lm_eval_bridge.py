@@ -29,7 +29,8 @@ METRICS_MODULE = Path(__file__).resolve().parent.parent / "tasks" / "lm_eval_met
 def write_lm_eval_task(prompts: PromptSet, renderer: Renderer, folder: Path) -> str:
     """Write the documents as JSONL and an lm-eval task YAML reading them; returns the lm-eval task name."""
     name = lm_eval_task_name(prompts.task.name, prompts.shots, prompts.seed)
-    rows = [{"uid": d.uid, "prompt": d.prompt, "shots_used": d.shots_used, "prompt_tokens": d.prompt_tokens,
+    rows = [{"uid": d.uid, "draw": d.draw, "prompt": d.prompt, "shots_used": d.shots_used,
+             "prompt_tokens": d.prompt_tokens,
              **({"choices": d.choices, "gold": d.gold} if d.choices is not None else {"target": d.target})}
             for d in prompts.docs]
     payload = "".join(json.dumps(r) + "\n" for r in rows)

@@ -285,6 +285,7 @@ class ModelUnderTest:
     base_model: str  # what it was trained from (itself for a base model)
     format: str | None  # the training format, when known
     max_seq_len: int | None  # the training context, when known
+    train_seed: int | None = None  # the training seed its checkpoint records; None for a base model
 
     @property
     def display_name(self) -> str:
@@ -301,4 +302,5 @@ def describe_model(spec: str | None, method: str | None = None) -> ModelUnderTes
     info = read_checkpoint_info(model)
     return ModelUnderTest(model=model, method=method or (info.method if info else None) or "base",
                           base_model=(info.base_model if info else None) or model.path,
-                          format=info.format if info else None, max_seq_len=info.max_seq_len if info else None)
+                          format=info.format if info else None, max_seq_len=info.max_seq_len if info else None,
+                          train_seed=info.seed if info else None)

@@ -14,7 +14,7 @@ from pathlib import Path
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.results import SUMMARY_FILE, ResultRecord, lm_eval_task_name, read_records
 from manyicl.harness.settings import METRIC_KEYS
-from manyicl.harness.stats import Cluster, PairedResult, compare
+from manyicl.harness.stats import Cluster, PairedResult, Unit, compare
 
 OutcomeKey = tuple[str, str, int, str]  # (task, shots, seed, uid): what two arms are paired on
 # lm-eval's mean of the per-document values is the record's value; a larger gap means the samples are not the
@@ -35,6 +35,11 @@ class Outcome:
     seed: int
     uid: str
     value: float
+    train_seed: int | None = None  # the model's training seed; None for the base model
+    draw: int = 0  # the document's draw block
+    draws: int = 1  # G of its setting: a draw effect exists only with G > 1 at k > 0 shots
+    prediction: int | None = None  # multiple choice: the answer chosen
+    gold: int | None = None
 
     @property
     def key(self) -> OutcomeKey:
@@ -102,7 +107,9 @@ def _read_samples(path: Path, record: ResultRecord) -> list[Outcome]:
                                "evaluation with this version.")
         out.append(Outcome(model=record.model, model_path=record.model_path, method=record.method, task=record.task,
                            role=record.role, shots=record.shots, seed=record.seed, uid=str(row["uid"]),
-                           value=float(row[metric])))
+                           value=float(row[metric]), train_seed=record.train_seed, draw=int(row.get("draw") or 0),
+                           draws=record.draws, prediction=row.get("prediction"),
+                           gold=row.get("target") if isinstance(row.get("target"), int) else None))
     uids = [o.uid for o in out]
     if len(set(uids)) != len(uids):
         raise HarnessError(f"{path} scores a document twice; re-run the evaluation into a fresh directory.")
@@ -165,3 +172,95 @@ def compare_arms(table: OutcomeTable, a: str, b: str, *, shots: str | None = Non
     """`a` minus `b` with its bootstrap interval and permutation p-value (see `harness.stats.compare`)."""
     pairing = pair(table, a, b, shots=shots, role=role, tasks=tasks)
     return compare(pairing.clusters, confidence=confidence, iterations=iterations, seed=seed, bootstrap=bootstrap)
+
+
+def paired_units(table: OutcomeTable, a: str, b: str, *, shots: str, role: str | None = None,
+                 tasks: Iterable[str] | None = None) -> list[Unit]:
+    """Arm `a` minus arm `b` per document at one shot setting, with the random factors each document was sampled
+    under (harness.stats.Unit): its draw block when G > 1 draws were scored at k > 0 shots, and the training seed
+    of the arms' models (paired seed by seed: both arms' seed-t models scored the same share of the blocks). A
+    document scored under several crossed demonstration seeds (`--seeds`) is one unit, its seeds averaged, and
+    its draws then count as fixed."""
+    wanted = set(tasks) if tasks is not None else None
+
+    def collect(method: str) -> dict[OutcomeKey, list[Outcome]]:
+        out: dict[OutcomeKey, list[Outcome]] = defaultdict(list)
+        for o in table.outcomes:
+            if o.method == method and o.shots == shots and (role is None or o.role == role) and (
+                    wanted is None or o.task in wanted):
+                out[o.key].append(o)
+        return out
+
+    arm_a, arm_b = collect(a), collect(b)
+    shared = sorted(arm_a.keys() & arm_b.keys())
+    if not shared:
+        raise HarnessError(f"Arms `{a}` and `{b}` share no scored document at {shots} shots"
+                           f"{f' on {role} tasks' if role else ''}; evaluate both on the same tasks, shots and seeds.")
+    by_doc: dict[tuple[str, str], list[OutcomeKey]] = defaultdict(list)
+    for key in shared:
+        by_doc[(key[0], key[3])].append(key)
+    crossed = any(len(keys) > 1 for keys in by_doc.values())
+    units = []
+    for (task, _uid), keys in sorted(by_doc.items()):
+        diffs = []
+        for key in keys:
+            oa, ob = arm_a[key], arm_b[key]
+            diffs.append(math.fsum(o.value for o in oa) / len(oa) - math.fsum(o.value for o in ob) / len(ob))
+        first_a, first_b = arm_a[keys[0]][0], arm_b[keys[0]][0]
+        seeds = {o.train_seed for o in arm_a[keys[0]] + arm_b[keys[0]] if o.train_seed is not None}
+        seed = None if not seeds else "|".join(str(s) for s in sorted(seeds))
+        drawn = not crossed and shots != "0" and max(first_a.draws, first_b.draws) > 1
+        units.append(Unit(stratum=task, value=math.fsum(diffs) / len(diffs),
+                          block=str(first_a.draw) if drawn else None, seed=seed))
+    return units
+
+
+OUTCOME_COLUMNS = ("arm", "train_seed", "task", "role", "shots", "draw", "doc", "outcome", "draws", "seed",
+                   "prediction")
+
+
+def write_outcomes_csv(table: OutcomeTable, path: Path) -> Path:
+    """Every scored document as one CSV row, enough to recompute every interval and claim without rerunning:
+    arm, train_seed (empty for the base model), task, role, shots, draw (its block), doc, outcome; then draws (G
+    of the setting), seed (the demonstration seed) and prediction (multiple choice)."""
+    import csv
+    import io
+
+    from manyicl.harness.runs import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(OUTCOME_COLUMNS)
+    for o in sorted(table.outcomes, key=lambda o: (o.method, o.train_seed or -1, o.task, o.shots, o.seed, o.uid,
+                                                   o.model_path)):
+        writer.writerow([o.method, "" if o.train_seed is None else o.train_seed, o.task, o.role, o.shots, o.draw,
+                         o.uid, repr(o.value), o.draws, o.seed, "" if o.prediction is None else o.prediction])
+    atomic_write_text(path, buffer.getvalue())
+    return path
+
+
+def read_outcomes_csv(path: Path | str) -> OutcomeTable:
+    """An outcomes.csv back as the table the claims are computed from (`harness claims` reads it)."""
+    import csv
+
+    path = Path(path)
+    try:
+        rows = list(csv.DictReader(path.read_text(encoding="utf-8").splitlines()))
+    except (OSError, UnicodeDecodeError) as err:
+        raise HarnessError(f"{path} cannot be read ({err}); pass an outcomes.csv a study wrote.") from None
+    missing = [c for c in OUTCOME_COLUMNS[:8] if rows and c not in rows[0]]
+    if not rows or missing:
+        raise HarnessError(f"{path} is not an outcomes.csv (missing column {missing[0] if missing else 'rows'}).")
+    out = []
+    for i, row in enumerate(rows, 2):
+        try:
+            seed = row.get("train_seed") or ""
+            out.append(Outcome(
+                model=f"{row['arm']}-seed{seed}" if seed else row["arm"], model_path=f"{row['arm']}:{seed}",
+                method=row["arm"], task=row["task"], role=row["role"], shots=row["shots"],
+                seed=int(row.get("seed") or 0), uid=row["doc"], value=float(row["outcome"]),
+                train_seed=int(seed) if seed else None, draw=int(row["draw"] or 0), draws=int(row.get("draws") or 1),
+                prediction=int(row["prediction"]) if row.get("prediction") else None))
+        except (KeyError, ValueError) as err:
+            raise HarnessError(f"{path}:{i}: cannot read this row ({err}).") from None
+    return OutcomeTable(outcomes=out)

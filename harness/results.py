@@ -1,5 +1,6 @@
 """The results schema: one `ResultRecord` per (model, task, shots, seed), stored as summary.jsonl in each
-evaluation directory. The leaderboard, plots and study report read only these files."""
+evaluation directory. The leaderboard, plots and study report read only these files (and the per-document
+samples beside them)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from manyicl.harness.runs import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 lines lack the version-2 fields, which then take their defaults
 SUMMARY_FILE = "summary.jsonl"
 
 
@@ -45,6 +47,12 @@ class ResultRecord:
     max_length: int  # context the prompts were fitted into
     created: str  # ISO time
     schema_version: int = SCHEMA_VERSION
+    # version 2
+    train_seed: int | None = None  # the model's training seed (from its checkpoint); None for the base model
+    draws: int = 1  # demonstration draws G (document blocks) of this setting
+    draw_share: str = "1/1"  # the share i/n of the draw blocks this model scored (one share per training seed)
+    top_share: float | None = None  # share of documents given the most frequent answer (multiple choice)
+    majority_rate: float | None = None  # share of documents whose gold answer is the most frequent (multiple choice)
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -67,6 +75,11 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "value": _NUMBER, "stderr": (*_NUMBER, type(None)), "seed": _INT, "num_docs": _INT, "backend": _TEXT,
     "format": _TEXT, "max_length": _INT, "created": _TEXT, "schema_version": _INT,
 }
+# Version-2 fields: absent from version-1 lines, where they take their defaults.
+_OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
+    "train_seed": (int, type(None)), "draws": _INT, "draw_share": _TEXT, "top_share": (*_NUMBER, type(None)),
+    "majority_rate": (*_NUMBER, type(None)),
+}
 
 
 def parse_record(line: str) -> ResultRecord:
@@ -77,13 +90,14 @@ def parse_record(line: str) -> ResultRecord:
         raise ValueError(f"not valid JSON ({err.msg}; a truncated write?)") from None
     if not isinstance(raw, dict):
         raise ValueError("not a JSON object")
-    if raw.get("schema_version") != SCHEMA_VERSION:
+    if raw.get("schema_version") not in READABLE_VERSIONS:
         raise ValueError(f"schema_version {raw.get('schema_version')!r}, not {SCHEMA_VERSION} (written by another "
                          "version; re-run that evaluation)")
     missing = [name for name in _FIELD_TYPES if name not in raw]
     if missing:
         raise ValueError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    for name, types in _FIELD_TYPES.items():
+    present = {**_FIELD_TYPES, **{k: t for k, t in _OPTIONAL_TYPES.items() if k in raw}}
+    for name, types in present.items():
         value = raw[name]
         if isinstance(value, bool) or not isinstance(value, types):
             raise ValueError(f"field `{name}` is {value!r}, not a {' or '.join(t.__name__ for t in types)}")
@@ -91,7 +105,7 @@ def parse_record(line: str) -> ResultRecord:
         raise ValueError(f"field `shots` is {raw['shots']!r}, not a number or `many`")
     if not math.isfinite(raw["value"]):
         raise ValueError(f"field `value` is {raw['value']!r}, not a finite number")
-    return ResultRecord(**{k: raw[k] for k in _FIELD_TYPES})
+    return ResultRecord(**{k: raw[k] for k in present})
 
 
 def summary_files(paths: Iterable[Path]) -> list[Path]:

@@ -152,6 +152,7 @@ class CheckpointInfo(_Schema):
     lora_r: int = 0  # LoRA rank; 0 for full fine-tuning
     lora_merged: bool = False  # LoRA weights merged into full weights
     adapter_only: bool = False  # the folder holds an adapter, not full weights
+    seed: int | None = None  # the training seed (data order, initialisation); None in checkpoints from before it
     schema_version: int = SCHEMA_VERSION
 
 

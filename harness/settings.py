@@ -34,6 +34,9 @@ ARMS = ("base", *TRAIN_ARMS)  # every arm a study compares, in display order
 FAMILIES = ("classification", "nli", "qa", "summarization", "math")
 # A task's metric name to the key lm-eval reports it under.
 METRIC_KEYS = {"accuracy": "acc", "exact_match_number": "exact_match", "rouge_l": "rouge_l"}
+# A model that gives one answer to this share of a task's documents (multiple choice) scores the class balance,
+# not skill: the leaderboard and the report flag it, with the claims that rest on it.
+ONE_ANSWER = 0.9
 CURVE_DIR = "curve"  # in a run directory: one finished model folder per learning-curve point, named by fraction
 
 
@@ -79,6 +82,11 @@ def rows_per_step(config: Mapping[str, Any]) -> int:
     mapping: a TrainConfig's fields or a run's config.yaml (where an older one lacks a key, it counts as 1)."""
     return (int(config.get("batch_size") or 1) * int(config.get("grad_accum") or 1)
             * int(config.get("num_processes") or 1))
+
+
+def shots_order(shots: str) -> float:
+    """Sort key for shot settings: numbers in order, `many` last."""
+    return float("inf") if shots == "many" else float(shots)
 
 
 def split_list(value: Any) -> list[str]:
@@ -171,9 +179,20 @@ class EvalConfig:
     server_url: str | None = setting(None, "use a running OpenAI-compatible server (…/v1) instead of starting one")
     served_model: str | None = setting(None, "model name on --server-url (default: the name the server uses for "
                                        "--model, else the only model served)")
-    seeds: int = setting(1, "demonstration draws (seed, seed+1, …) for k > 0 shots; 0 shots needs one", at_least=1)
+    seeds: int = setting(1, "score every document again under each of N demonstration seeds (seed, seed+1, …; a "
+                         "crossed design); 0 shots needs one", at_least=1)
     seed: int = setting(DEFAULT_SEED, "first demonstration seed", at_least=0)
+    draws: int = setting(1, "demonstration draws G: each task's documents are split into G balanced blocks, in a "
+                         "seeded order, and block g is prompted with demonstrations drawn for it, so the intervals "
+                         "can count the variance between draws (G prefixes to compute, not G x the documents)",
+                         at_least=1)
+    draw_share: str | None = setting(None, "score only share i of n of the draw blocks (`i/n`: blocks g with "
+                                     "g mod n = i - 1), so n training seeds each score a disjoint share of the "
+                                     "documents and of the draws")
     limit: int | None = setting(None, "score at most this many test documents per task", at_least=1)
+    split: str = setting("test", "test | validation: the documents scored; validation is carved from train (never "
+                         "trained on, never a demonstration), for choosing tasks and recipes without test scores",
+                         choices=("test", "validation"))
     max_length: int | None = setting(None, "context to fit prompts into; default the checkpoint's max_seq_len or "
                                      f"{DEFAULT_MAX_LENGTH}", at_least=MIN_LENGTH)
     format: str = setting("auto", "chat | plain | auto (the checkpoint's training format)", choices=FORMATS)
@@ -196,6 +215,30 @@ class EvalConfig:
         for name in ("tasks", "heldout", "probe_tasks"):
             setattr(self, name, absolute_task_paths(getattr(self, name)))
         self.data_dir = absolute_path(self.data_dir)
+        parse_share(self.draw_share, self.draws)
+
+    @property
+    def share(self) -> tuple[int, int]:
+        """(i, n) of --draw-share, 1-based i; (1, 1) when every block is scored."""
+        return parse_share(self.draw_share, self.draws)
+
+
+STUDY_DRAWS = 16  # demonstration draws per (task, shots) in a study unless eval.draws says otherwise
+
+
+def parse_share(value: str | None, draws: int) -> tuple[int, int]:
+    """`i/n` -> (i, n), checked against the number of draw blocks (each share needs at least one)."""
+    if value is None or value == "":
+        return 1, 1
+    parts = str(value).split("/")
+    if len(parts) != 2 or not all(p.strip().isdecimal() for p in parts):
+        raise HarnessError(f"--draw-share `{value}` is not of the form i/n, like 2/3.")
+    i, n = (int(p) for p in parts)
+    if not 1 <= i <= n:
+        raise HarnessError(f"--draw-share {value}: i must be between 1 and n.")
+    if n > draws:
+        raise HarnessError(f"--draw-share {value} splits {draws} draw block(s) {n} ways; set --draws to at least {n}.")
+    return i, n
 
 
 @dataclass
@@ -223,6 +266,9 @@ class StudyConfig:
     hardware: str = setting("", "the hardware the preset is sized for")
     throughput: dict[str, Any] = setting({}, "measured constants the dry run estimates time and memory from "
                                          "(harness/study_estimate.py), with their source")
+    planned_variance: dict[str, Any] = setting({}, "the primary difference's variance per document, draw and "
+                                               "training seed the dry run sizes power from (a study's variance.json "
+                                               "records them), the effect in points, and their source")
 
     def __post_init__(self):
         for name in ("tasks", "heldout", "probes", "arms"):

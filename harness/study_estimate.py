@@ -4,12 +4,21 @@ constants its preset records (`throughput:`, each with where it came from)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.prompts import parse_shots
-from manyicl.harness.settings import DEFAULT_MAX_LENGTH, StudyConfig, rows_per_step, split_list
+from manyicl.harness.settings import (
+    DEFAULT_MAX_LENGTH,
+    STUDY_DRAWS,
+    StudyConfig,
+    parse_share,
+    rows_per_step,
+    split_list,
+)
 from manyicl.harness.study_stages import SHARED_ARMS, Stage, plan_stages, training_seeds
 
 GIB = 1024**3
@@ -20,8 +29,12 @@ THROUGHPUT_KEYS = {
     "stage_start_s": "seconds each child process spends before its work: {train: s, eval: s}",
     "peak_memory_gib": "measured peak memory of a training run (GiB); else computed from model_shape",
     "model_shape": "params_b, layers, hidden, vocab (and lora_params_m): to compute a training run's memory",
+    "eval_prefix_s": "seconds to compute one demonstration draw's shared prefix per shot kind: {k: s, many: s} "
+                     "(a draw's prefix is computed once for its block of documents)",
     "source": "where and when every constant above was measured (or how it was derived)",
 }
+# What `planned_variance:` holds: the primary claim's variance per unit, as a study's variance.json records it.
+PLANNED_VARIANCE_KEYS = ("per_document", "per_draw", "per_seed", "effect", "source")
 
 
 @dataclass
@@ -94,7 +107,9 @@ def _eval_documents(cfg: StudyConfig, stage: Stage, docs: dict[str, int]) -> dic
     ev = stage.config or {}
     seeds = int(ev.get("seeds", 1))
     limit = ev.get("limit")
-    docs = {task: min(n, limit) if limit else n for task, n in docs.items()}
+    # a training seed's model scores its share (i/n) of the draw blocks, so about 1/n of the documents
+    share = parse_share(ev.get("draw_share"), int(ev.get("draws", 1)))[1]
+    docs = {task: -(-(min(n, limit) if limit else n) // share) for task, n in docs.items()}
     shots = parse_shots(split_list(ev.get("shots", ["0", "5", "many"])))
     probe_shots = parse_shots(split_list(ev.get("probe_shots", ["0"])))
     # A dedicated run holds one model per training task: each scores its task and every probe.
@@ -110,6 +125,15 @@ def _eval_documents(cfg: StudyConfig, stage: Stage, docs: dict[str, int]) -> dic
         for s in probe_shots:
             out[f"{probe} @{s}"] = docs[probe] * (1 if s == "0" else seeds) * probe_copies * arms
     return out
+
+
+def _prefix_seconds(t: dict[str, Any], stage: Stage, per: dict[str, int]) -> float:
+    """Each draw block's shared prefix, computed once per (task, k > 0 shots) for the blocks a stage scores."""
+    prefix = {str(k): float(v) for k, v in (t.get("eval_prefix_s") or {}).items()}
+    ev = stage.config or {}
+    draws = int(ev.get("draws", 1))
+    blocks = -(-draws // parse_share(ev.get("draw_share"), draws)[1]) * int(ev.get("seeds", 1))
+    return sum(blocks * prefix.get(_shot_kind(key.split(" @")[1]), 0.0) for key in per if not key.endswith("@0"))
 
 
 def _train_tokens(cfg: StudyConfig) -> int:
@@ -163,6 +187,7 @@ def estimate_study(cfg: StudyConfig, documents: dict[str, int] | None = None) ->
             per = _eval_documents(cfg, stage, docs)
             seconds = start["eval"] * (len(cfg.tasks) if stage.arm == "dedicated" else 1)
             seconds += sum(n / rates[_shot_kind(key.split(" @")[1])] for key, n in per.items())
+            seconds += _prefix_seconds(t, stage, per)
             stages.append(StageEstimate(stage.name, "eval", seconds, f"{sum(per.values()):,} documents", per))
         else:
             stages.append(StageEstimate(stage.name, "report", 0.0, "leaderboard, plots, REPORT.md"))
@@ -170,6 +195,63 @@ def estimate_study(cfg: StudyConfig, documents: dict[str, int] | None = None) ->
     return StudyEstimate(stages=stages, documents=docs, demonstration_seeds=int(cfg.eval.get("seeds", 1)),
                          training_seeds=training_seeds(cfg) or [int(cfg.train.get("seed", 1234))],
                          memory_gib=mem, memory_note=note, source=str(t.get("source", "not recorded")).strip())
+
+
+@dataclass
+class PowerPlan:
+    """The primary claim's planned precision: variance per unit from the last study in the same directory (its
+    variance.json), else the preset's `planned_variance:`, scaled to this study's documents, draws and seeds."""
+
+    per_document: float
+    per_draw: float
+    per_seed: float
+    documents: int
+    draws: int  # draw blocks over the training tasks
+    seeds: int
+    effect: float  # the effect (points) the power is stated for
+    source: str
+
+    @property
+    def se(self) -> float:
+        """Standard error of the primary difference, metric units."""
+        return math.sqrt(self.per_document / self.documents + self.per_draw / max(self.draws, 1)
+                         + self.per_seed / max(self.seeds, 1))
+
+    @property
+    def power(self) -> float:
+        """Normal-approximation power of the two-sided 5% test at `effect`."""
+        normal = NormalDist()
+        return normal.cdf(abs(self.effect) / 100 / self.se - normal.inv_cdf(0.975)) if self.se > 0 else 1.0
+
+
+def power_plan(cfg: StudyConfig, docs: dict[str, int]) -> PowerPlan | None:
+    """The planned variance components and the power they give this study's design; None when neither a previous
+    study nor the preset records them."""
+    import json
+
+    from manyicl.harness.claims import PRIMARY_SHOTS
+
+    planned = dict(cfg.planned_variance)
+    unknown = sorted(set(planned) - set(PLANNED_VARIANCE_KEYS))
+    if unknown:
+        raise HarnessError(f"Study `planned_variance.{unknown[0]}` is unknown; known: {', '.join(PLANNED_VARIANCE_KEYS)}.")
+    measured = cfg.directory / "variance.json"
+    source = str(planned.get("source", "the preset")).strip()
+    if measured.exists():
+        try:
+            last = json.loads(measured.read_text(encoding="utf-8"))
+            planned |= {k: last[k] for k in ("per_document", "per_draw", "per_seed")}
+            source = f"measured by the last study in {cfg.directory} (variance.json)"
+        except (OSError, ValueError, KeyError):
+            pass
+    if not {"per_document", "per_draw", "per_seed"} <= set(planned):
+        return None
+    shots = split_list(cfg.eval.get("shots", ["0", "5", "many"]))
+    draws = int(cfg.eval.get("draws", STUDY_DRAWS)) if PRIMARY_SHOTS in shots else 1
+    seeds = max(len(training_seeds(cfg)), 1)
+    return PowerPlan(float(planned["per_document"]), float(planned["per_draw"]), float(planned["per_seed"]),
+                     sum(docs[t] for t in docs if t in set(cfg.tasks)), draws * len(cfg.tasks), seeds,
+                     float(planned.get("effect", 5.0)), source)
 
 
 def _fmt(seconds: float) -> str:
@@ -185,8 +267,11 @@ def dry_run_text(cfg: StudyConfig, est: StudyEstimate) -> str:
              f"Training tasks: {', '.join(cfg.tasks)}; held out: {', '.join(cfg.heldout) or 'none'}; "
              f"probes: {', '.join(cfg.probes) or 'none'}",
              f"Shots: {', '.join(shots)} (probes at {', '.join(split_list(cfg.eval.get('probe_shots', ['0'])))}); "
-             f"demonstration seeds: {est.demonstration_seeds} for k > 0, 1 at 0 shots; training seeds: "
-             f"{', '.join(map(str, est.training_seeds))}",
+             f"demonstration draws: {cfg.eval.get('draws', STUDY_DRAWS)} per (task, k > 0 shots), each scoring its "
+             f"block of documents; demonstration seeds: {est.demonstration_seeds} for k > 0, 1 at 0 shots; training seeds: "
+             f"{', '.join(map(str, est.training_seeds))}"
+             + (" (each seed's models score their own share of the draw blocks)" if len(est.training_seeds) > 1
+                else ""),
              "Documents per task and setting (per seed): "
              + ", ".join(f"{task} {n}" for task, n in est.documents.items()),
              "",
@@ -200,4 +285,15 @@ def dry_run_text(cfg: StudyConfig, est: StudyEstimate) -> str:
               (f"Peak memory of a training run: {est.memory_gib:.1f} GiB ({est.memory_note})"
                if est.memory_gib is not None else f"Peak memory: {est.memory_note}"),
               f"Constants: {est.source}"]
+    plan = power_plan(cfg, est.documents)
+    if plan is None:
+        lines += ["Power: no variance components recorded (run the study once, or set `planned_variance:`)."]
+    else:
+        lines += [
+            f"Planned variance of the primary difference, per unit ({plan.source}): document {plan.per_document:.4f},"
+            f" draw {plan.per_draw:.4f}, training seed {plan.per_seed:.4f}",
+            f"With {plan.documents} paired documents, {plan.draws} draw blocks and {plan.seeds} training seed(s): "
+            f"standard error {100 * plan.se:.2f} points, 95% half-width about ±{196 * plan.se:.1f}; power "
+            f"{100 * plan.power:.0f}% for a {plan.effect:g}-point effect"
+            + (" (80% wanted)" if plan.power < 0.8 else "")]
     return "\n".join(lines)

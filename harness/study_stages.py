@@ -19,7 +19,7 @@ from manyicl.harness.errors import HarnessError
 from manyicl.harness.processes import die_with_parent, stop_process_group
 from manyicl.harness.runs import write_yaml
 from manyicl.harness.schemas import STAGE_DONE_FILE, StageDone, is_complete
-from manyicl.harness.settings import CURVE_DIR, DEFAULT_MAX_LENGTH, StudyConfig, split_list
+from manyicl.harness.settings import CURVE_DIR, DEFAULT_MAX_LENGTH, STUDY_DRAWS, StudyConfig, split_list
 
 
 @dataclass
@@ -44,9 +44,9 @@ def plan_stages(cfg: StudyConfig) -> list[Stage]:
     base_evals = str(root / "evals" / "base")
     # Every model is scored in the context it was trained in, the base model included, so probes compare.
     max_length = cfg.eval.get("max_length") or cfg.train.get("max_seq_len") or DEFAULT_MAX_LENGTH
-    eval_common = dict(cfg.eval) | {"tasks": cfg.tasks, "heldout": cfg.heldout, "probes": bool(cfg.probes),
-                                    "probe_tasks": cfg.probes, "data_dir": cfg.data_dir, "max_length": max_length,
-                                    "base_results": base_evals}
+    eval_common = {"draws": STUDY_DRAWS} | dict(cfg.eval) | {
+        "tasks": cfg.tasks, "heldout": cfg.heldout, "probes": bool(cfg.probes), "probe_tasks": cfg.probes,
+        "data_dir": cfg.data_dir, "max_length": max_length, "base_results": base_evals}
     shared_train = {k: v for k, v in cfg.train.items() if k != "seeds"}
     seeds = training_seeds(cfg)
     served_together = shares_one_server(cfg)
@@ -56,7 +56,7 @@ def plan_stages(cfg: StudyConfig) -> list[Stage]:
             stages.append(Stage("eval:base", "eval", arm, [], eval_common | {
                 "model": cfg.model, "method": "base", "output_dir": base_evals}))
             continue
-        for seed in seeds or [None]:
+        for index, seed in enumerate(seeds or [None]):
             # Several training seeds: one run per seed, named `<arm>-seed<N>` (the report pairs arms by it).
             name = arm if seed is None else f"{arm}-seed{seed}"
             run_dir = root / "runs" / name
@@ -69,7 +69,10 @@ def plan_stages(cfg: StudyConfig) -> list[Stage]:
             if served_together and arm != "dedicated":
                 adapters.append((label, run_dir))
             else:
-                stages.append(Stage(f"eval:{label}", "eval", arm, [f"train:{label}"], eval_common | {
+                # Several training seeds: each seed's model scores its own share of the draw blocks, so T seeds
+                # cost one evaluation's documents, and arms are paired seed by seed on the same blocks.
+                share = {"draw_share": f"{index + 1}/{len(seeds)}"} if seeds else {}
+                stages.append(Stage(f"eval:{label}", "eval", arm, [f"train:{label}"], eval_common | share | {
                     "model": str(run_dir), "output_dir": str(root / "evals" / name)}))
             if arm != "dedicated":  # one model per task has no single curve; its tasks' models would each need one
                 stages += _curve_stages(cfg, arm, label, name, run_dir, eval_common)
@@ -111,6 +114,7 @@ def shares_one_server(cfg: StudyConfig) -> bool:
         ("vLLM data parallelism is refused with adapters (eval.data_parallel_size)",
          int(ev.get("data_parallel_size", 1) or 1) > 1),
         ("fewer than two arms are adapters", len(adapter_arms) * max(len(training_seeds(cfg)), 1) < 2),
+        ("several training seeds each score their own share of the draw blocks", len(training_seeds(cfg)) > 1),
     ) if blocked]
     if cfg.shared_server and reasons:
         raise HarnessError(f"The study sets shared_server: true, but {reasons[0]}; one server serves the LoRA "
@@ -141,6 +145,10 @@ def training_seeds(cfg: StudyConfig) -> list[int]:
         raise HarnessError(f"Study `train.seeds` must be a list of distinct integers, not {seeds!r}.")
     if len(seeds) == 1:
         return []
+    draws = cfg.eval.get("draws", STUDY_DRAWS)
+    if isinstance(draws, int) and len(seeds) > draws:
+        raise HarnessError(f"Study `train.seeds` lists {len(seeds)} seeds but `eval.draws` is {draws}; each seed "
+                           "scores its own share of the draw blocks, so set eval.draws to at least the seeds.")
     return seeds
 
 

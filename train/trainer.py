@@ -538,7 +538,7 @@ def _save_curve_point(lm, cfg: TrainConfig, *, model_info: ResolvedModel, run_di
     prepared.tokenizer.save_pretrained(tmp)
     CheckpointInfo(method=cfg.method, format=prepared.format, base_model=model_info.path, tasks=cfg.tasks,
                    max_seq_len=cfg.max_seq_len, lora_r=cfg.lora_r, lora_merged=False,
-                   adapter_only=adapter).write(tmp / CHECKPOINT_INFO)
+                   adapter_only=adapter, seed=cfg.seed).write(tmp / CHECKPOINT_INFO)
     publish_dir(tmp, folder)
 
 
@@ -573,7 +573,7 @@ def _save_final(trainer, cfg: TrainConfig, model: ResolvedModel, run_dir: Path,
     prepared.tokenizer.save_pretrained(tmp)
     info = CheckpointInfo(method=cfg.method, format=prepared.format, base_model=model.path, tasks=cfg.tasks,
                           max_seq_len=cfg.max_seq_len, lora_r=cfg.lora_r, lora_merged=merged,
-                          adapter_only=bool(cfg.lora_r or model.adapter) and not merged)
+                          adapter_only=bool(cfg.lora_r or model.adapter) and not merged, seed=cfg.seed)
     info.write(tmp / CHECKPOINT_INFO)
     publish_dir(tmp, final)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: intermediate checkpoints are dead weight

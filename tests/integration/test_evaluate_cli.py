@@ -223,6 +223,34 @@ def test_two_seeds_draw_two_demonstration_sets(env, tiny_model, common, tmp_path
     assert board["rows"][0]["cells"]["sst2 @2"]["n"] == 2
 
 
+def test_draws_split_documents_into_blocks_and_shares_split_the_blocks(env, tiny_model, common, tmp_path):
+    """`--draws 4`: each document is prompted from its block's draw, and the samples and records say which;
+    `--draw-share i/2` scores half the blocks, the two halves together every document exactly once."""
+    whole, halves = tmp_path / "draws", [tmp_path / f"half{i}" for i in (1, 2)]
+    args = ["evaluate", "--model", str(tiny_model), "--tasks", "sst2", "--shots", "0,2", "--limit", "16",
+            "--draws", "4", *common]
+    _ok([*args, "-o", str(whole)])
+    for i, out in enumerate(halves, 1):
+        _ok([*args, "--draw-share", f"{i}/2", "-o", str(out)])
+    samples = {d: {row["uid"]: row for row in _records(d / "samples" / "harness_sst2_2shot_s1234.jsonl")}
+               for d in (whole, *halves)}
+    assert {row["draw"] for row in samples[whole].values()} == {0, 1, 2, 3}
+    assert {row["draw"] for row in samples[halves[0]].values()} == {0, 2}
+    assert samples[halves[0]].keys() | samples[halves[1]].keys() == samples[whole].keys()
+    assert not samples[halves[0]].keys() & samples[halves[1]].keys()
+    assert all(row["prediction"] in (0, 1) for row in samples[whole].values())
+    for uid, row in samples[halves[1]].items():  # the same prompts, so the same scores, as the whole run
+        assert row["acc"] == samples[whole][uid]["acc"] and row["draw"] == samples[whole][uid]["draw"]
+    (data,) = (whole / "lm_eval_tasks" / "data").glob("harness_sst2_2shot_s1234-*.jsonl")
+    prefixes = {(row["draw"], row["prompt"].rsplit("Review", 1)[0]) for row in _records(data)}
+    assert len(prefixes) == 4  # one demonstration prefix per draw block
+    record = next(r for r in _records(halves[0] / "summary.jsonl") if r["shots"] == "2")
+    assert record["draws"] == 4 and record["draw_share"] == "1/2" and record["num_docs"] == 8
+    assert record["train_seed"] is None and 0.5 <= record["top_share"] <= 1 and 0.5 <= record["majority_rate"] <= 1
+    code, _, err = _harness([*args, "--draw-share", "3/2", "-o", str(tmp_path / "bad")])
+    assert code == 2 and "--draw-share 3/2: i must be between 1 and n." in err and not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("change, message", [
     ({"--shots": "0,x"}, "--shots value `x` is not a non-negative number or `many`"),
     ({"--shots": "100000"}, "Task sst2 has 36 train examples, fewer than --shots 100000"),  # 40 less 4 validation

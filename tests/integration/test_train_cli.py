@@ -109,6 +109,7 @@ def test_run_directory_tree(trained, tiny_model, tiny_data):
     info = _read(run / "final" / "harness_checkpoint.json")
     assert info["method"] == "manyicl" and info["tasks"] == ["sst2", "rte"] and info["format"] == "chat"
     assert info["adapter_only"] is False and info["base_model"] == str(Path(tiny_model).resolve())
+    assert info["seed"] == 1234  # the training seed: evaluation records carry it as `train_seed`
 
 
 def test_manifest_git_state(tmp_path, monkeypatch):

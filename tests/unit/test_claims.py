@@ -1,149 +1,182 @@
-"""REPORT.md's claim rows: paired differences, intervals, Holm, and the verdict rules, on hand-made outcomes."""
+"""REPORT.md's claim rows: paired differences, intervals over documents, draws and training seeds, the test each
+claim's words name, gatekeeping and Holm, on hand-made outcomes."""
 
 from __future__ import annotations
 
 import pytest
 
 from manyicl.harness.claims import (
-    APPROACHES,
-    BEATS,
+    EQUIVALENCE,
+    HELD,
+    NONINFERIORITY,
     NOT_RESOLVED,
     PRIMARY,
-    TIE,
+    SUPERIORITY,
     Claim,
-    approaches,
-    beats,
     claim_rows,
     claims_markdown,
+    format_p,
+    needed_scale,
+    raw_verdict,
+    rerun_markdown,
     spreads,
-    spreads_markdown,
 )
-from manyicl.harness.paired import Outcome, OutcomeTable
+from manyicl.harness.paired import Outcome, OutcomeTable, paired_units, read_outcomes_csv, write_outcomes_csv
 
 
 def outcomes(method: str, values: dict[str, list[float]], shots: str = "many", role: str = "train",
-             seeds: tuple[int, ...] = (1,), model: str | None = None) -> list[Outcome]:
-    """One outcome per (task, document, seed): `values[task][i]` is document i's score under every seed."""
-    return [Outcome(model=model or method, model_path=f"/m/{model or method}", method=method, task=task, role=role,
-                    shots=shots, seed=seed, uid=str(i), value=v)
+             seeds: tuple[int, ...] = (1,), train_seed: int | None = None, draws: int = 1,
+             predictions: list[int] | None = None) -> list[Outcome]:
+    """One outcome per (task, document, demonstration seed): `values[task][i]` is document i's score; with
+    `draws` > 1 document i sits in block i mod draws."""
+    return [Outcome(model=f"{method}-seed{train_seed}" if train_seed else method, model_path=f"/m/{method}{train_seed}",
+                    method=method, task=task, role=role, shots=shots, seed=seed, uid=str(i), value=v,
+                    train_seed=train_seed, draw=i % draws, draws=draws,
+                    prediction=None if predictions is None else predictions[i])
             for task, row in values.items() for i, v in enumerate(row) for seed in seeds]
 
 
 SCORES = {"sst2": [1, 0, 1, 1, 0, 1, 0, 1], "rte": [0, 1, 1, 0, 0, 1, 1, 0]}
 
 
-def test_identical_arms_differ_by_exactly_zero_and_tie():
+def test_identical_arms_never_get_a_zero_wide_interval():
     table = OutcomeTable(outcomes("manyicl", SCORES, seeds=(1, 2, 3)) + outcomes("zero-shot", SCORES, seeds=(1, 2, 3)))
-    rows = claim_rows(table, ["many"], iterations=500)
+    rows = claim_rows(table, ["many"])
     primary = rows[0]
     assert primary.primary and primary.claim == PRIMARY and primary.shots == "many"
-    assert primary.result.estimate == 0.0 and (primary.result.low, primary.result.high) == (0.0, 0.0)
-    assert primary.result.half_width == 0.0 and primary.result.p_value == 1.0
-    assert primary.verdict == TIE
-    assert primary.result.documents == 16 and primary.seeds == 3
+    assert primary.interval.estimate == 0.0
+    # no document differs, yet 16 documents cannot rule out a difference: the score interval keeps it open
+    assert primary.interval.low < -0.1 and primary.interval.high > 0.1 and primary.interval.method == "t + score"
+    assert primary.verdict == NOT_RESOLVED and primary.p_value == 1.0
     assert primary.value_a == primary.value_b == pytest.approx(9 / 16)
-    # the arms that never ran are named as such, not silently dropped
     assert {r.verdict for r in rows[1:] if r.claim.b in {"few-shot", "many-shot-last", "dedicated"}} == {"not run"}
+
+
+def test_zero_discordant_documents_out_of_56_allow_about_six_points():
+    same = {"cb": [1] * 28 + [0] * 28}
+    row = claim_rows(OutcomeTable(outcomes("manyicl", same) + outcomes("zero-shot", same)), ["many"])[0]
+    assert row.interval.high == pytest.approx(0.0642, abs=0.001) and row.interval.low == pytest.approx(-0.0642, abs=0.001)
 
 
 def test_a_clear_win_holds_and_its_interval_excludes_zero():
     wrong = {task: [0] * 40 for task in ("sst2", "rte")}
     right = {task: [1] * 30 + [0] * 10 for task in ("sst2", "rte")}
     table = OutcomeTable(outcomes("manyicl", right) + outcomes("zero-shot", wrong))
-    primary = claim_rows(table, ["many"], iterations=2000)[0]
-    assert primary.result.estimate == pytest.approx(0.75)
-    assert 0 < primary.result.low < 0.75 < primary.result.high <= 1
-    assert primary.verdict == "held" and primary.p_holm is None
+    primary = claim_rows(table, ["many"])[0]
+    assert primary.interval.estimate == pytest.approx(0.75)
+    assert 0 < primary.interval.low < 0.75 < primary.interval.high <= 1
+    assert primary.verdict == HELD and primary.p_holm is None and primary.p_value < 1e-4
+    assert primary.per_task == {"rte": pytest.approx(0.75), "sst2": pytest.approx(0.75)}
     reversed_table = OutcomeTable(outcomes("manyicl", wrong) + outcomes("zero-shot", right))
-    assert claim_rows(reversed_table, ["many"], iterations=2000)[0].verdict == "reversed"
+    assert claim_rows(reversed_table, ["many"])[0].verdict == "reversed"
 
 
-def test_a_small_difference_is_not_resolved():
-    a = {"sst2": [1, 0, 1, 0, 1, 0, 1, 0, 1, 1]}
-    b = {"sst2": [1, 0, 1, 0, 1, 0, 1, 0, 1, 0]}  # one document differs
-    row = claim_rows(OutcomeTable(outcomes("manyicl", a) + outcomes("zero-shot", b)), ["many"], iterations=2000)[0]
-    assert row.result.estimate == pytest.approx(0.1) and row.result.low == 0.0 < row.result.high
-    assert row.verdict == NOT_RESOLVED
+def test_verdict_rules_test_what_their_words_claim():
+    sup = Claim("x", "a", "b", "train", SUPERIORITY)
+    ni = Claim("x", "a", "b", "train", NONINFERIORITY, 0.05)
+    eq = Claim("x", "a", "b", "probe", EQUIVALENCE, 0.02)
+    assert raw_verdict(sup, 0.01, 0.2) == "held" and raw_verdict(sup, -0.2, -0.01) == "reversed"
+    assert raw_verdict(sup, -0.01, 0.2) == NOT_RESOLVED
+    # non-inferiority: an interval that merely reaches below the margin is not resolved, not "not held"
+    assert raw_verdict(ni, -0.06, 0.01) == NOT_RESOLVED
+    assert raw_verdict(ni, -0.04, 0.10) == "non-inferior"  # above dedicated is still only non-inferior
+    assert raw_verdict(ni, -0.20, -0.06) == "inferior"
+    assert raw_verdict(eq, -0.018, 0.014) == "equivalent" and raw_verdict(eq, -0.022, 0.014) == NOT_RESOLVED
 
 
-def test_secondary_claims_are_holm_corrected_and_a_weak_one_is_only_suggestive():
-    """Eight secondary claims: one with a raw p just under 0.05 must not hold once corrected for the family."""
-    strong_a, strong_b = {"sst2": [1] * 30}, {"sst2": [0] * 30}
-    weak_a = {"sst2": [1] * 6 + [0] * 24}  # six discordant documents: exact p = 2 / 64 = 0.03125
-    weak_b = {"sst2": [0] * 30}
-    table = OutcomeTable(
-        outcomes("manyicl", strong_a) + outcomes("zero-shot", strong_b)  # primary, at many
-        + outcomes("manyicl", weak_a, shots="0") + outcomes("few-shot", weak_b, shots="0")
-        + outcomes("zero-shot", weak_b, shots="0") + outcomes("few-shot", strong_b))
-    rows = claim_rows(table, ["0", "many"], iterations=2000)
-    by = {(r.claim.text, r.shots): r for r in rows}
-    weak = by[("ManyICL beats few-shot fine-tuning", "0")]
-    assert weak.result.p_value == pytest.approx(2 / 64) and weak.result.low > 0
-    family = [r for r in rows if not r.primary and r.result is not None and r.claim.rule == BEATS]
-    assert len(family) == 3  # few-shot @0, zero-shot @0, few-shot @many
-    # Holm: sorted p = [2/2**30, 2/64, 2/64]; the weak ones get 2 x 2/64 = 0.0625 > 0.05
-    assert weak.p_holm == pytest.approx(0.0625)
-    assert weak.verdict == "suggestive (held before correction), not established after Holm"
-    strong = by[("ManyICL beats few-shot fine-tuning", "many")]
-    assert strong.verdict == "held" and strong.p_holm <= 0.05
-    assert rows[0].primary and rows[0].verdict == "held" and rows[0].p_holm is None  # the primary is not corrected
+def test_secondary_claims_are_not_tested_when_the_primary_fails():
+    # the primary does not hold (manyicl = zero-shot on train), while ManyICL clearly beats the base on probes
+    same = {"sst2": [1, 0] * 40}
+    probe_win = {"arc_easy": [1] * 60 + [0] * 20}
+    probe_lose = {"arc_easy": [0] * 80}
+    table = OutcomeTable(outcomes("manyicl", same) + outcomes("zero-shot", same)
+                         + outcomes("manyicl", probe_win, shots="0", role="probe")
+                         + outcomes("base", probe_lose, shots="0", role="probe"))
+    rows = claim_rows(table, ["many"])
+    assert rows[0].verdict == NOT_RESOLVED
+    keeps = next(r for r in rows if r.claim.b == "base" and r.claim.role == "probe")
+    assert keeps.verdict == "not tested (would read non-inferior)" and keeps.p_holm is not None
 
 
-@pytest.mark.parametrize(("low", "high", "expected"), [
-    (-0.03, 0.01, "held"),  # the gap is shown to be under 5 points
-    (0.02, 0.08, "held (ManyICL above dedicated)"),
-    (0.0, 0.0, "held"),  # identical to dedicated
-    (-0.25, -0.15, "not held (dedicated measurably better)"),
-    (-0.14, 0.06, "not resolved (interval reaches below −5 points)"),  # a wide interval proves nothing
-])
-def test_approaches_needs_evidence_of_closeness(low, high, expected):
-    assert approaches(low, high) == expected
+def test_holm_and_gatekeeping_when_the_primary_holds():
+    wrong = {"sst2": [0] * 60}
+    right = {"sst2": [1] * 45 + [0] * 15}
+    slight = {"sst2": [1] * 5 + [0] * 55}  # few-shot: ManyICL beats it too
+    table = OutcomeTable(outcomes("manyicl", right) + outcomes("zero-shot", wrong) + outcomes("few-shot", slight)
+                         + outcomes("manyicl", right, shots="4") + outcomes("zero-shot", right, shots="4"))
+    rows = claim_rows(table, ["4", "many"])
+    assert rows[0].verdict == HELD
+    beats_few = next(r for r in rows if r.claim.b == "few-shot" and r.shots == "many")
+    assert beats_few.verdict == HELD and beats_few.p_holm <= 0.05
+    tie_at_4 = next(r for r in rows if r.claim == PRIMARY and r.shots == "4")
+    assert tie_at_4.verdict == NOT_RESOLVED
 
 
-@pytest.mark.parametrize(("low", "high", "higher", "expected"), [
-    (0.01, 0.2, True, "held"), (-0.2, -0.01, True, "reversed"), (-0.01, 0.2, True, NOT_RESOLVED),
-    (-0.2, -0.01, False, "held"), (0.0, 0.0, True, TIE), (0.0, 0.1, True, NOT_RESOLVED),
-])
-def test_beats_reads_the_interval(low, high, higher, expected):
-    assert beats(low, high, higher) == expected
+def test_training_seeds_come_from_records_and_widen_the_interval():
+    rows = {}
+    for spread_seeds in (False, True):
+        outs = []
+        for t in (1, 2, 3):
+            # each seed's models score their own third of the documents; with spread, the seeds disagree a lot
+            gain = {1: 0.0, 2: 0.3, 3: 0.6}[t] if spread_seeds else 0.3
+            n_right = int(30 * (0.3 + gain))
+            mine = {"sst2": [1] * n_right + [0] * (30 - n_right)}
+            base = {"sst2": [1] * 9 + [0] * 21}
+            outs += [o.__class__(**{**o.__dict__, "uid": f"{t}-{o.uid}"}) for o in outcomes("manyicl", mine, train_seed=t)]
+            outs += [o.__class__(**{**o.__dict__, "uid": f"{t}-{o.uid}"}) for o in outcomes("zero-shot", base, train_seed=t)]
+        table = OutcomeTable(outs)
+        rows[spread_seeds] = claim_rows(table, ["many"])[0]
+        assert {u.seed for u in paired_units(table, "manyicl", "zero-shot", shots="many")} == {"1", "2", "3"}
+        assert [s.source for s in spreads(table)] == ["training seeds"]
+    assert rows[True].interval.seeds == 3 and rows[True].interval.components.seeds > 0
+    assert rows[False].interval.components.seeds == 0
+    assert rows[True].interval.half_width > 2 * rows[False].interval.half_width
 
 
-def test_the_verdict_follows_the_rule_not_the_words():
-    worded_alike = "ManyICL approaches dedicated"
-    same = {"rte": [1] * 18 + [0] * 22}
-    table = OutcomeTable(outcomes("manyicl", same, shots="0") + outcomes("dedicated", same, shots="0"))
-    rows = claim_rows(table, ["0"], claims=(Claim(worded_alike, "manyicl", "dedicated", "train", APPROACHES),
-                                            Claim(worded_alike, "manyicl", "dedicated", "train", BEATS)),
-                      iterations=2000)
-    by_rule = {r.claim.rule: r.verdict for r in rows if r.shots == "0"}
-    assert by_rule == {APPROACHES: "held", BEATS: TIE}
-    assert rows[0].verdict == "not run"  # the primary's arms are absent
+def test_draw_blocks_are_the_clusters_when_draws_were_scored():
+    # the draw moves every document of its block alike: blocks 0 and 1 favour A, blocks 2 and 3 favour B
+    values_a = {"sst2": [1, 1, 0, 0] * 20}
+    values_b = {"sst2": [0, 0, 1, 1] * 20}
+    drawn = OutcomeTable(outcomes("manyicl", values_a, draws=4) + outcomes("zero-shot", values_b, draws=4))
+    fixed = OutcomeTable(outcomes("manyicl", values_a) + outcomes("zero-shot", values_b))
+    with_draws, without = claim_rows(drawn, ["many"])[0], claim_rows(fixed, ["many"])[0]
+    assert with_draws.interval.blocks == 4 and without.interval.blocks == 0
+    assert with_draws.interval.half_width > without.interval.half_width
 
 
-def test_one_training_seed_leaves_that_variance_unmeasured_and_several_show_it():
-    a1, b1 = {"sst2": [1, 1, 0, 0]}, {"sst2": [0, 1, 0, 0]}
-    single = OutcomeTable(outcomes("manyicl", a1, seeds=(1, 2)) + outcomes("zero-shot", b1, seeds=(1, 2)))
-    got = spreads(single)
-    assert [s.source for s in got] == ["demonstration draws"]
-    assert got[0].estimates == {"1": 0.25, "2": 0.25} and got[0].sd == 0.0
-    assert "**unmeasured**" in spreads_markdown(got)
-
-    a2 = {"sst2": [1, 1, 1, 0]}
-    several = OutcomeTable(
-        outcomes("manyicl", a1, model="manyicl-seed1") + outcomes("manyicl", a2, model="manyicl-seed2")
-        + outcomes("zero-shot", b1, model="zero-shot-seed1") + outcomes("zero-shot", b1, model="zero-shot-seed2"))
-    got = spreads(several)
-    train = next(s for s in got if s.source == "training seeds")
-    assert train.estimates == {"1": 0.25, "2": 0.5}
-    assert train.sd == pytest.approx(0.1767767, abs=1e-6)
-    assert "unmeasured" not in spreads_markdown(got)
-    # the interval pairs each document's mean over the arm's training runs
-    assert claim_rows(several, ["many"], iterations=200)[0].result.estimate == pytest.approx(0.375)
+def test_one_answer_tasks_are_named_in_the_verdict():
+    gold = {"cb": [1] * 30 + [0] * 30}
+    table = OutcomeTable(outcomes("manyicl", gold, predictions=[1] * 60) + outcomes("zero-shot", gold,
+                                                                                     predictions=[1] * 60))
+    row = claim_rows(table, ["many"])[0]
+    assert row.one_answer_tasks == ("cb",)
+    assert "rests on one-answer task(s): cb" in claims_markdown([row])
 
 
-def test_markdown_marks_the_primary_and_shows_interval_half_width_documents_and_seeds():
-    table = OutcomeTable(outcomes("manyicl", SCORES, seeds=(1, 2, 3)) + outcomes("zero-shot", SCORES, seeds=(1, 2, 3)))
-    text = claims_markdown(claim_rows(table, ["many"], iterations=200))
-    line = next(t for t in text.splitlines() if "(primary)" in t)
-    assert line == ("| **ManyICL beats zero-shot fine-tuning** (primary) | many | manyicl | zero-shot | 56.2 | 56.2 | "
-                    "0.0 | [0.0, 0.0] | 0.0 | 1 | — | 16 | 3 | tie (no document differs) |")
+def test_markdown_p_floor_and_rerun_advice():
+    wrong = {"sst2": [0] * 40}
+    right = {"sst2": [1] * 22 + [0] * 18}
+    table = OutcomeTable(outcomes("manyicl", right) + outcomes("zero-shot", wrong))
+    rows = claim_rows(table, ["many"])
+    assert format_p(1e-6) == "< 0.0001" and format_p(0.0312) == "0.0312"
+    text = claims_markdown(rows)
+    assert "< 0.0001" in text and "95% [" in text
+    unclear = OutcomeTable(outcomes("manyicl", {"sst2": [1, 0] * 20}) + outcomes("zero-shot", {"sst2": [1, 1, 0, 0] * 10}))
+    row = claim_rows(unclear, ["many"])[0]
+    assert row.verdict == NOT_RESOLVED and needed_scale(row) is None  # an estimate of exactly 0
+    assert "no rerun size" in rerun_markdown([row])
+
+
+def test_outcomes_csv_reproduces_the_claims(tmp_path):
+    outs = []
+    for t in (1, 2):
+        outs += outcomes("manyicl", {"sst2": [1, 1, 0, 1] * 10}, train_seed=t, draws=4)
+        outs += outcomes("zero-shot", {"sst2": [1, 0, 0, 0] * 10}, train_seed=t, draws=4)
+    outs = [o.__class__(**{**o.__dict__, "uid": f"{o.train_seed}-{o.uid}"}) for o in outs]
+    table = OutcomeTable(outs)
+    path = write_outcomes_csv(table, tmp_path / "outcomes.csv")
+    header = path.read_text().splitlines()[0]
+    assert header.startswith("arm,train_seed,task,role,shots,draw,doc,outcome")
+    again = claim_rows(read_outcomes_csv(path), ["many"])[0]
+    first = claim_rows(table, ["many"])[0]
+    assert again.interval == first.interval

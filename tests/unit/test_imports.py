@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.errors",),
     ("harness.runs", "harness.processes", "harness.tiny", "tasks.lm_eval_metrics"),
     ("harness.settings", "harness.results", "harness.schemas", "harness.stats", "harness.launch"),
-    ("harness.paired",),
+    ("harness.paired", "harness.coverage"),
     ("tasks.formats", "tasks.registry", "harness.models"),
     ("train.sequences", "train.distributed", "train.checkpoints", "harness.hf_ranks"),
     ("harness.prompts", "harness.serve", "harness.backend_choice", "harness.leaderboard", "harness.plots", "harness.claims",

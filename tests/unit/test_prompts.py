@@ -4,12 +4,13 @@ parsing, the generated lm-eval task configs, and the number/ROUGE metrics copied
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.lm_eval_bridge import write_lm_eval_task
-from manyicl.harness.prompts import build_prompts, demonstration_pool, parse_shots
+from manyicl.harness.prompts import build_prompts, draw_blocks, demonstration_pool, parse_shots
 from manyicl.harness.settings import EvalConfig
 from manyicl.tasks import lm_eval_metrics
 from manyicl.tasks.registry import Example, TaskData, load_examples, load_task
@@ -342,3 +343,40 @@ def test_rouge_l():
     # LCS 3 of 3 generated and 6 reference tokens: P = 1, R = 0.5, F = 2PR / (P + R)
     assert score("the cat sat", "the cat sat on the mat") == pytest.approx(2 / 3)
     assert score("cats sitting", "cat sits") == pytest.approx(1.0)  # stemmed
+
+
+# --------------------------------------------------------------------------- demonstration draws
+
+
+def test_draw_blocks_are_balanced_seeded_and_the_same_for_every_arm():
+    uids = [f"d{i}" for i in range(103)]
+    blocks = draw_blocks(uids, "sst2", 1234, 8)
+    sizes = sorted(Counter(blocks.values()).values())
+    assert sizes[-1] - sizes[0] <= 1 and set(blocks.values()) == set(range(8))
+    # a function of the documents (not their order), the task and the seed only
+    assert blocks == draw_blocks(list(reversed(uids)), "sst2", 1234, 8)
+    assert blocks != draw_blocks(uids, "sst2", 1235, 8)
+    # not the file's order: a file sorted by label must not put one label in one block
+    assert [blocks[u] for u in uids[:13]] != sorted(blocks[u] for u in uids[:13])
+    assert set(draw_blocks(uids, "sst2", 1234, 1).values()) == {0}
+
+
+def test_each_block_is_prompted_from_its_own_draw_and_shares_split_the_blocks(sst2, chat):
+    whole = build_prompts(sst2, chat, "3", 1234, 2048, None, draws=4)
+    assert whole.draws == 4 and {d.draw for d in whole.docs} == {0, 1, 2, 3}
+    by_block = {}
+    for d, ex in zip(whole.docs, sst2.test, strict=True):
+        by_block.setdefault(d.draw, set()).add(demo_part(d.prompt, ex.input, chat))
+    assert all(len(prefixes) == 1 for prefixes in by_block.values())  # one prefix per block
+    assert len({next(iter(p)) for p in by_block.values()}) == 4  # and four different draws
+    # block 0 keeps the single-draw demonstrations
+    single = build_prompts(sst2, chat, "3", 1234, 2048, None)
+    first = next(d for d in whole.docs if d.draw == 0)
+    assert first.prompt == next(d.prompt for d in single.docs if d.uid == first.uid)
+    shares = [build_prompts(sst2, chat, "3", 1234, 2048, None, draws=4, share=(i, 2)) for i in (1, 2)]
+    assert {d.draw for d in shares[0].docs} == {0, 2} and {d.draw for d in shares[1].docs} == {1, 3}
+    assert sorted(d.uid for s in shares for d in s.docs) == sorted(d.uid for d in whole.docs)
+    assert {d.uid: d.prompt for s in shares for d in s.docs} == {d.uid: d.prompt for d in whole.docs}
+    # at 0 shots there is nothing to draw: every block's prompt is the bare query
+    zero = build_prompts(sst2, chat, "0", 1234, 2048, None, draws=4)
+    assert all(d.prompt == chat.prompt([], ex.input) for d, ex in zip(zero.docs, sst2.test, strict=True))

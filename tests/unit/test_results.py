@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from manyicl.harness.errors import HarnessError
-from manyicl.harness.results import _FIELD_TYPES, ResultRecord, read_records, write_records
+from manyicl.harness.results import _FIELD_TYPES, _OPTIONAL_TYPES, ResultRecord, read_records, write_records
 
 GOOD = {"model": "m", "model_path": "/m", "base_model": "/m", "method": "base", "task": "sst2",
         "family": "classification", "role": "train", "shots": "many", "shots_min": 3, "shots_mean": 3.5,
@@ -18,7 +18,13 @@ GOOD = {"model": "m", "model_path": "/m", "base_model": "/m", "method": "base", 
 
 
 def test_every_field_of_the_schema_is_checked():
-    assert set(_FIELD_TYPES) == {f.name for f in dataclasses.fields(ResultRecord)}
+    assert set(_FIELD_TYPES) | set(_OPTIONAL_TYPES) == {f.name for f in dataclasses.fields(ResultRecord)}
+
+
+def test_a_version_1_line_reads_with_the_version_2_defaults(tmp_path):
+    (tmp_path / "summary.jsonl").write_text(json.dumps(GOOD | {"schema_version": 1}) + "\n")
+    (record,) = read_records([tmp_path], strict=True)
+    assert record.train_seed is None and record.draws == 1 and record.draw_share == "1/1"
 
 
 def test_round_trip(tmp_path):
@@ -30,7 +36,7 @@ def test_round_trip(tmp_path):
 @pytest.mark.parametrize("line, why", [
     ('{"model": "m", "val', "not valid JSON"),
     ("[1]", "not a JSON object"),
-    (json.dumps(GOOD | {"schema_version": 2}), "schema_version 2, not 1"),
+    (json.dumps(GOOD | {"schema_version": 3}), "schema_version 3, not 2"),
     (json.dumps({k: v for k, v in GOOD.items() if k not in ("task", "seed")}), "missing fields task, seed"),
     (json.dumps(GOOD | {"seed": "1"}), "field `seed` is '1', not a int"),
     (json.dumps(GOOD | {"num_docs": True}), "field `num_docs` is True"),

@@ -157,3 +157,33 @@ def test_steps_count_the_rows_of_every_process(tmp_path):
     cfg = study(tmp_path, train={"max_seq_len": 100, "max_steps": 10, "max_tokens": 8000, "num_processes": 4})
     est = {s.name: s for s in estimate_study(cfg, documents={"sst2": 20, "rte": 20, "cb": 10, "arc_easy": 20}).stages}
     assert est["train:manyicl"].seconds == pytest.approx(20 + 4000 / 100)
+
+
+def test_training_seeds_score_disjoint_shares_of_the_draw_blocks(tmp_path):
+    cfg = study(tmp_path, arms=["base", "zero-shot", "manyicl"], train={"max_steps": 2, "seeds": [7, 8, 9]},
+                eval={"shots": ["0", "many"], "limit": 20, "draws": 6})
+    evals = {s.name: s.config for s in plan_stages(cfg) if s.kind == "eval"}
+    assert evals["eval:base"]["draws"] == 6 and "draw_share" not in evals["eval:base"]  # the base scores all
+    assert [evals[f"eval:manyicl:seed{s}"]["draw_share"] for s in (7, 8, 9)] == ["1/3", "2/3", "3/3"]
+    assert [evals[f"eval:zero-shot:seed{s}"]["draw_share"] for s in (7, 8, 9)] == ["1/3", "2/3", "3/3"]
+    assert plan_stages(study(tmp_path))[0].config["draws"] == 16  # a study's default
+    with pytest.raises(HarnessError, match="set eval.draws to at least the seeds"):
+        plan_stages(study(tmp_path, train={"max_steps": 2, "seeds": [1, 2, 3]}, eval={"draws": 2}))
+    # each seed's stage scores a third of the documents
+    est = estimate_study(cfg, documents={"sst2": 18, "rte": 18, "cb": 9, "arc_easy": 18})
+    stage = next(s for s in est.stages if s.name == "eval:manyicl:seed8")
+    assert stage.documents["sst2 @many"] == 6 and stage.documents["arc_easy @0"] == 6
+
+
+def test_dry_run_states_the_variance_components_and_the_power(tmp_path):
+    planned = {"per_document": 0.3, "per_draw": 0.002, "per_seed": 0.001, "effect": 8, "source": "a pilot"}
+    cfg = study(tmp_path, train={"max_steps": 2, "seeds": [1, 2, 3, 4]}, eval={"shots": ["0", "many"], "draws": 8},
+                planned_variance=planned)
+    text = dry_run_text(cfg, estimate_study(cfg, documents={"sst2": 200, "rte": 200, "cb": 10, "arc_easy": 20}))
+    # SE^2 = 0.3 / 400 + 0.002 / 16 + 0.001 / 4 = 0.001125; SE = 3.354 points; power at 8 points = 0.671
+    assert "document 0.3000, draw 0.0020, training seed 0.0010" in text and "(a pilot)" in text
+    assert "standard error 3.35 points" in text and "power 66% for a 8-point effect (80% wanted)" in text
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "variance.json").write_text('{"per_document": 0.2, "per_draw": 0.0, "per_seed": 0.0}')
+    again = dry_run_text(cfg, estimate_study(cfg, documents={"sst2": 200, "rte": 200, "cb": 10, "arc_easy": 20}))
+    assert "measured by the last study" in again and "standard error 2.24 points" in again
