@@ -330,6 +330,24 @@ def leaderboard(
 
 
 @app.command()
+def claims(
+    paths: Annotated[list[Path], typer.Argument(help="A study's outcomes.csv, or evaluation or study directories.")],
+) -> None:
+    """Every claim row (primary, then the secondary family) recomputed from per-document outcomes: a study's
+    outcomes.csv reproduces its REPORT.md without rerunning anything."""
+    from manyicl.harness.claims import claim_rows, claims_markdown
+    from manyicl.harness.paired import read_outcomes, read_outcomes_csv
+    from manyicl.harness.settings import shots_order
+
+    csvs = [p for p in paths if p.suffix == ".csv"]
+    if csvs and len(paths) > 1:
+        raise HarnessError("Give one outcomes.csv, or evaluation and study directories, not both.")
+    table = read_outcomes_csv(csvs[0]) if csvs else read_outcomes(paths)
+    shots = sorted({o.shots for o in table.outcomes if o.role != "probe"}, key=shots_order)
+    print(claims_markdown(claim_rows(table, shots)))
+
+
+@app.command()
 def plot(
     dirs: Annotated[list[Path] | None, typer.Argument(help="Evaluation or study directories (default: results/).")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the PNGs go.")] = Path("results/plots"),

@@ -231,16 +231,20 @@ def expected_half_width(documents: int, sd: float, confidence: float = 0.95) -> 
     return z_value(confidence) * sd / math.sqrt(documents)
 
 
-def documents_needed(half_width_points: float, *, pilot_diffs: Sequence[float] | None = None,
-                     discordance: float | None = None, confidence: float = 0.95) -> int:
-    """How many documents give a paired interval no wider than ±`half_width_points` (points: 100 x the metric).
+def documents_needed(effect_points: float, *, pilot_diffs: Sequence[float] | None = None,
+                     discordance: float | None = None, confidence: float = 0.95, power: float = 0.8) -> int:
+    """How many documents give a two-sided test at `confidence` the wanted `power` to detect a true difference of
+    `effect_points` (points: 100 x the metric): n = (z_(1-alpha/2) + z_power)^2 var / effect^2. (Sizing a
+    half-width instead, as this did before, gives 50% power for an effect of that size.) Documents only: draws
+    and training seeds add their own variance, which `harness study --dry-run` counts.
 
-    Give either pilot per-document differences (metric units; average a document's seeds first, as the
-    bootstrap does), whose sample standard deviation is used, or, for a 0/1 metric, the expected discordance
-    rate d (the share of documents on which the arms disagree): the difference of one document is then -1, 0 or
-    +1 and its variance is at most d, so n = z^2 d / h^2 with h in proportion units."""
-    if half_width_points <= 0:
-        raise HarnessError("The wanted half-width must be positive, in points (e.g. 5 for ±5).")
+    Give either pilot per-document differences (metric units; average a document's seeds first), whose sample
+    variance is used, or, for a 0/1 metric, the expected discordance rate d (the share of documents on which the
+    arms disagree): one document's difference is then -1, 0 or +1 and its variance is at most d."""
+    if effect_points <= 0:
+        raise HarnessError("The effect to detect must be positive, in points (e.g. 5 for 5 points).")
+    if not 0 < power < 1:
+        raise HarnessError(f"Power {power} must lie strictly between 0 and 1, like 0.8.")
     if (pilot_diffs is None) == (discordance is None):
         raise HarnessError("Give exactly one of pilot differences or a discordance rate.")
     if discordance is not None:
@@ -252,8 +256,9 @@ def documents_needed(half_width_points: float, *, pilot_diffs: Sequence[float] |
         if len(pilot_diffs) < 2:
             raise HarnessError("A pilot needs at least two documents to estimate the spread of differences.")
         variance = float(np.var(np.asarray(pilot_diffs, dtype=np.float64), ddof=1))
-    h = half_width_points / 100
-    return max(1, math.ceil(z_value(confidence) ** 2 * variance / h**2 - 1e-9))
+    h = effect_points / 100
+    z = z_value(confidence) + NormalDist().inv_cdf(power)
+    return max(1, math.ceil(z**2 * variance / h**2 - 1e-9))
 
 
 # --------------------------------------------------------------------------- documents, draws and training seeds

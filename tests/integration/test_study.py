@@ -116,9 +116,16 @@ def test_smoke_study_writes_every_output(smoke, study_env):
 
     report = (root / "REPORT.md").read_text()
     assert report.startswith("# Study: smoke")
-    assert "## Did the claims hold?" in report and "| claim | shots | A | B |" in report
-    assert "| **ManyICL beats zero-shot fine-tuning** (primary) | many | manyicl | zero-shot |" in report
+    assert "## Did the claims hold?" in report and "| claim | shots | test | A | B |" in report
+    assert "| **ManyICL beats zero-shot fine-tuning** (primary) | many | superiority | manyicl | zero-shot |" in report
     assert "Holm" in report and "training seeds | one training seed ran | **unmeasured**" in report
+    assert "gatekeeping" in report and "Verdict words:" in report and "| non-inferior |" in report
+    assert "## One-answer models" in report and "majority-class rate" in report
+    assert "## What a rerun would need" in report and "/tmp" not in report.split("Base model:")[1].splitlines()[0]
+    # every scored document, enough to recompute every claim without rerunning anything
+    header = (root / "outcomes.csv").read_text().splitlines()[0]
+    assert header.startswith("arm,train_seed,task,role,shots,draw,doc,outcome")
+    assert {"per_document", "per_draw", "per_seed"} <= set(json.loads((root / "variance.json").read_text()))
     for png in ("learning_curves.png", "training_loss.png", "scores_vs_shots.png"):
         assert f"(plots/{png})" in report
     # every learning-curve point of every single-model arm, with the tokens and targets it had seen
@@ -126,7 +133,7 @@ def test_smoke_study_writes_every_output(smoke, study_env):
     assert [p["fraction"] for p in manifest["curve"]] == [0.5, 1.0]
     assert (root / "runs" / "manyicl" / "curve" / "0.5" / "config.json").is_file()
     assert {r["method"] for r in _records(root / "curves" / "manyicl@0.5" / "summary.jsonl")} == {"manyicl@0.5"}
-    assert "## Scale caveat" in report and "a few hundred million parameters" in report
+    assert "## Scale caveat" in report and "learns little in-context" in report
     assert "## Budgets actually spent" in report and "| dedicated | per task: sst2=3, rte=3 |" in report
     assert "Stages that did not finish" not in report
 

@@ -186,16 +186,19 @@ def test_holm_caps_at_one_and_handles_one_and_no_hypotheses():
 
 
 def test_documents_needed_for_a_discordance_rate():
-    # d = 0.3, h = 5 points: n = 1.96^2 x 0.3 / 0.05^2 = 3.8415 x 0.3 / 0.0025 = 460.98 -> 461 documents
+    # d = 0.3, effect 5 points, 80% power: n = (1.96 + 0.8416)^2 x 0.3 / 0.05^2 = 7.849 x 120 = 941.9 -> 942
     assert z_value(0.95) == pytest.approx(1.959964, abs=1e-6)
-    assert documents_needed(5, discordance=0.3) == 461
-    assert expected_half_width(461, math.sqrt(0.3)) <= 0.05 < expected_half_width(460, math.sqrt(0.3))
+    assert documents_needed(5, discordance=0.3) == 942
+    # at that size the half-width is 5 x 1.96 / 2.80 = 3.5 points, so a 5-point effect clears it 80% of the time
+    assert expected_half_width(942, math.sqrt(0.3)) == pytest.approx(0.05 * 1.96 / 2.8016, rel=1e-3)
+    # 50% power is the old half-width sizing: 461 documents
+    assert documents_needed(5, discordance=0.3, power=0.5) == 461
 
 
 def test_documents_needed_from_pilot_differences():
-    # Pilot [1, -1, 0, 0]: mean 0, sample variance (1 + 1) / 3 = 2/3; h = 10 points:
-    # n = 3.8415 x (2/3) / 0.01 = 256.1 -> 257
-    assert documents_needed(10, pilot_diffs=[1.0, -1.0, 0.0, 0.0]) == 257
+    # Pilot [1, -1, 0, 0]: mean 0, sample variance (1 + 1) / 3 = 2/3; effect 10 points, 80% power:
+    # n = 7.849 x (2/3) / 0.01 = 523.3 -> 524
+    assert documents_needed(10, pilot_diffs=[1.0, -1.0, 0.0, 0.0]) == 524
 
 
 @pytest.mark.parametrize("kwargs, message", [({}, "exactly one"), ({"discordance": 0.2, "pilot_diffs": [1, 0]}, "exactly one"),
