@@ -158,7 +158,9 @@ def preview(
     """Show one training sequence with its trained tokens highlighted, and its counts."""
     from manyicl.harness.preview import preview_sequence, render_preview
 
-    info = preview_sequence(task, method, model, fmt or "auto", max_seq_len or DEFAULT_MAX_LENGTH, shots,
+    # `is None`, not `or`: an explicit 0 must reach the range check, not turn into the default
+    info = preview_sequence(task, method, model, fmt or "auto",
+                            DEFAULT_MAX_LENGTH if max_seq_len is None else max_seq_len, shots,
                             DEFAULT_SEED if seed is None else seed,
                             data_dir, index)
     if json_out:

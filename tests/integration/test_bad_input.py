@@ -253,6 +253,8 @@ DATA_FILES = [
          r"Task sst2: .*stsa\.binary\.train.* not found in"),
     Case("data files", "data directory does not exist", lambda e: e.train("sst2", data=e.tmp / "nowhere"),
          r"Data directory .*nowhere does not exist"),
+    Case("data files", "data directory is a file", lambda e: e.train("sst2", data=e.file("data.jsonl", "{}\n")),
+         r"Data directory .*data\.jsonl is a file, not a folder; pass --data-dir"),
     Case("data files", "test_size leaves no train rows", lambda e: e.train(e.task(
         source={"format": "label_text_lines", "files": {"test": "mini/train"}}, split={"seed": 1, "test_size": 12})),
         r"`split.test_size: 12` leaves no train or no test rows out of 12"),
@@ -412,6 +414,9 @@ FLAGS: list[Case] = [
          r"The budget asks for about [\d,]+ training rows .* lower --max-steps"),
     Case("flags", "curve point above 1", lambda e: _train_tiny(e, "--curve-points", "0.5,1.5"),
          r"curve_points must be fractions in \(0, 1\]"),
+    Case("flags", "preview max-seq-len 0", lambda e: ["preview", "--task", "sst2", "--model", str(e.model),
+                                                      "--data-dir", str(e.tiny_data), "--max-seq-len", "0"],
+         r"^Error: --max-seq-len must be at least 16, not 0\.$"),
     Case("flags", "evaluate max-length 0", lambda e: _evaluate(e, "--max-length", "0"),
          r"--max-length must be at least 16, not 0"),
     Case("flags", "evaluate max-length beyond the model's context", lambda e: _evaluate(e, "--max-length", "9000"),
