@@ -683,6 +683,16 @@ STUDY_FILES: list[Case] = [
     Case("study files", "no budget", lambda e: _study(e, {"train": {"max_seq_len": 128}}), r"needs a matched budget"),
     Case("study files", "trained and held out", lambda e: _study(e, {"heldout": ["sst2"]}),
          r"sst2 cannot be both trained on and held out"),
+    Case("study files", "an unknown task", lambda e: _study(e, {"tasks": ["sst2", "sst3"]}),
+         r"Study file .*study\.yaml: `tasks`: Unknown task `sst3`; choose one of"),
+    Case("study files", "no tasks", lambda e: _study(e, {"tasks": []}),
+         r"Study file .*study\.yaml: `tasks` is empty; name at least one training task"),
+    Case("study files", "an unknown held-out task", lambda e: _study(e, {"heldout": ["cbb"]}),
+         r"`heldout`: Unknown task `cbb`"),
+    Case("study files", "an unknown probe", lambda e: _study(e, {"probes": ["arc_easy", "piqa2"]}),
+         r"`probes`: Unknown task `piqa2`"),
+    Case("study files", "a probe as a training task", lambda e: _study(e, {"tasks": ["sst2", "piqa"]}),
+         r"`tasks`: piqa is a probe, never trained on; list it under `probes` instead"),
     Case("study files", "bad shots", lambda e: _study(e, {"eval": {"shots": ["0", "lots"]}}), r"--shots value `lots`"),
 ]
 
