@@ -327,7 +327,8 @@ def leaderboard(
 @app.command()
 def plot(
     dirs: Annotated[list[Path] | None, typer.Argument(help="Evaluation or study directories (default: results/).")] = None,
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the PNGs go.")] = Path("results/plots"),
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where the PNGs go (default: "
+                                                    "plots/ in the results folder, $HARNESS_RESULTS_DIR).")] = None,
 ) -> None:
     """Write scores_vs_shots.png (score against shots per task, one line per arm) and forgetting.png."""
     from manyicl.harness.plots import plot_forgetting, plot_scores_vs_shots
@@ -337,6 +338,8 @@ def plot(
     records = read_records(dirs or [results_dir()])
     if not records:
         raise HarnessError("No results found; run `harness evaluate` first.")
+    # Beside the results it reads by default, not under whatever folder the command was started in.
+    output_dir = output_dir or results_dir() / "plots"
     written = [plot_scores_vs_shots(records, output_dir / "scores_vs_shots.png")]
     try:
         written.append(plot_forgetting(records, output_dir / "forgetting.png"))
