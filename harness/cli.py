@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -69,7 +68,7 @@ from manyicl.harness.cli_options import (
     TrainShotsOpt,
     TrainTasksOpt,
 )
-from manyicl.harness.errors import HarnessError
+from manyicl.harness.errors import STORAGE_ERRORS, HarnessError
 from manyicl.harness.settings import DEFAULT_MAX_LENGTH, DEFAULT_SEED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -430,10 +429,6 @@ def main() -> None:
             f"Cannot write {err.filename or 'an output file'}: {err.strerror}; free space (or fix the folder's "
             "permissions) and rerun the same command: finished results are kept and only the rest is redone."))
         sys.exit(2)
-
-
-# Storage running out or refusing writes: the machine's fault, said in one line, never a traceback.
-STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 if __name__ == "__main__":
