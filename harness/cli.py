@@ -368,8 +368,11 @@ def study(
     cfg = load_study(config, preset, {"output_dir": output_dir, "model": model, "data_dir": data_dir})
     if dry_run:
         from manyicl.harness.study_estimate import dry_run_text, estimate_study
+        from manyicl.harness.study_fit import check_prompts_fit
 
+        fit = check_prompts_fit(cfg)  # first: a study whose prompts cannot fit is refused, with no plan printed
         console.print(dry_run_text(cfg, estimate_study(cfg)), markup=False, highlight=False)
+        console.print(fit, markup=False, highlight=False)
         return
     check_output_folder(cfg.directory)
     if cfg.expected_minutes:
