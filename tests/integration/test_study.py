@@ -136,11 +136,10 @@ def test_second_run_skips_every_finished_stage(smoke, tiny_data):
     before = _mtimes(root, "runs/**/manifest.json") | _mtimes(root, "evals/**/summary.jsonl") | \
         _mtimes(root, "runs/**/model.safetensors")
     assert len(before) > 10
-    started = time.monotonic()
     code, _, err = _harness(["study", "--preset", "smoke", "--data-dir", str(tiny_data), "-o", str(root)])
-    seconds = time.monotonic() - started
     assert code == 0, err[-2000:]
-    assert seconds < 45, seconds  # no stage ran again: only the report is rewritten
+    # No stage ran again, only the report: what the study records and leaves untouched says so (a wall-clock
+    # bound said it too, but failed whenever the shared machine was busy).
     stages = json.loads((root / "state.json").read_text())["stages"]
     assert [name for name, s in stages.items() if s["status"] == "skipped"] == list(stages)[:-1]
     for name in list(stages)[:-1]:
