@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -72,7 +71,7 @@ from manyicl.harness.cli_options import (
     TrainShotsOpt,
     TrainTasksOpt,
 )
-from manyicl.harness.errors import HarnessError
+from manyicl.harness.errors import STORAGE_ERRORS, HarnessError
 from manyicl.harness.settings import DEFAULT_MAX_LENGTH, DEFAULT_SEED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -161,7 +160,9 @@ def preview(
     """Show one training sequence with its trained tokens highlighted, and its counts."""
     from manyicl.harness.preview import preview_sequence, render_preview
 
-    info = preview_sequence(task, method, model, fmt or "auto", max_seq_len or DEFAULT_MAX_LENGTH, shots,
+    # `is None`, not `or`: an explicit 0 must reach the range check, not turn into the default
+    info = preview_sequence(task, method, model, fmt or "auto",
+                            DEFAULT_MAX_LENGTH if max_seq_len is None else max_seq_len, shots,
                             DEFAULT_SEED if seed is None else seed,
                             data_dir, index)
     if json_out:
@@ -350,7 +351,8 @@ def claims(
 @app.command()
 def plot(
     dirs: Annotated[list[Path] | None, typer.Argument(help="Evaluation or study directories (default: results/).")] = None,
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the PNGs go.")] = Path("results/plots"),
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where the PNGs go (default: "
+                                                    "plots/ in the results folder, $HARNESS_RESULTS_DIR).")] = None,
 ) -> None:
     """Write scores_vs_shots.png (score against shots per task, one line per arm) and forgetting.png."""
     from manyicl.harness.plots import plot_forgetting, plot_scores_vs_shots
@@ -360,6 +362,8 @@ def plot(
     records = read_records(dirs or [results_dir()])
     if not records:
         raise HarnessError("No results found; run `harness evaluate` first.")
+    # Beside the results it reads by default, not under whatever folder the command was started in.
+    output_dir = output_dir or results_dir() / "plots"
     written = [plot_scores_vs_shots(records, output_dir / "scores_vs_shots.png")]
     try:
         written.append(plot_forgetting(records, output_dir / "forgetting.png"))
@@ -389,8 +393,11 @@ def study(
     cfg = load_study(config, preset, {"output_dir": output_dir, "model": model, "data_dir": data_dir})
     if dry_run:
         from manyicl.harness.study_estimate import dry_run_text, estimate_study
+        from manyicl.harness.study_fit import check_prompts_fit
 
+        fit = check_prompts_fit(cfg)  # first: a study whose prompts cannot fit is refused, with no plan printed
         console.print(dry_run_text(cfg, estimate_study(cfg)), markup=False, highlight=False)
+        console.print(fit, markup=False, highlight=False)
         return
     check_output_folder(cfg.directory)
     if cfg.expected_minutes:
@@ -450,10 +457,6 @@ def main() -> None:
             f"Cannot write {err.filename or 'an output file'}: {err.strerror}; free space (or fix the folder's "
             "permissions) and rerun the same command: finished results are kept and only the rest is redone."))
         sys.exit(2)
-
-
-# Storage running out or refusing writes: the machine's fault, said in one line, never a traceback.
-STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 if __name__ == "__main__":

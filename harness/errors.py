@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -17,3 +18,7 @@ class HarnessError(Exception):
         from rich.text import Text
 
         return Text(str(self))
+
+
+# Storage running out or refusing writes: the machine's fault, said in one line, never a traceback.
+STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES}

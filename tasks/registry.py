@@ -447,6 +447,9 @@ def resolve_data_dir(explicit: str | Path | None = None) -> Path | None:
     if not value:
         return None
     path = Path(value).expanduser()
+    if path.is_file():  # "does not exist" would send the person looking for a path that is there
+        raise HarnessError(f"Data directory {path} is a file, not a folder; pass --data-dir or set {DATA_DIR_ENV} "
+                           "to the folder holding the task data.")
     if not path.is_dir():
         raise HarnessError(f"Data directory {path} does not exist; pass --data-dir or set {DATA_DIR_ENV} "
                            "to the folder holding the task data.")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import re
 import shutil
 import statistics
 import time
@@ -12,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from manyicl.harness.errors import HarnessError
+from manyicl.harness.errors import STORAGE_ERRORS, HarnessError
 from manyicl.harness.models import (
     CHECKPOINT_INFO,
     ResolvedModel,
@@ -566,18 +568,46 @@ def _save_final(trainer, cfg: TrainConfig, model: ResolvedModel, run_dir: Path,
     tmp = run_dir / "final.tmp"
     if tmp.exists() and distributed.is_main_process():
         shutil.rmtree(tmp)
-    # every rank calls it (FSDP/ZeRO-3 gather collectively); rank 0 saves, merged LoRA in bf16
-    merged = distributed.save_final_model(trainer, tmp, cfg.lora_merge)
-    if not distributed.is_main_process():
-        return None  # rank 0 finishes the run directory; `harness train` waits for every rank
-    prepared.tokenizer.save_pretrained(tmp)
-    info = CheckpointInfo(method=cfg.method, format=prepared.format, base_model=model.path, tasks=cfg.tasks,
-                          max_seq_len=cfg.max_seq_len, lora_r=cfg.lora_r, lora_merged=merged,
-                          adapter_only=bool(cfg.lora_r or model.adapter) and not merged, seed=cfg.seed)
-    info.write(tmp / CHECKPOINT_INFO)
+    try:
+        # every rank calls it (FSDP/ZeRO-3 gather collectively); rank 0 saves, merged LoRA in bf16
+        merged = distributed.save_final_model(trainer, tmp, cfg.lora_merge)
+        if not distributed.is_main_process():
+            return None  # rank 0 finishes the run directory; `harness train` waits for every rank
+        prepared.tokenizer.save_pretrained(tmp)
+        info = CheckpointInfo(method=cfg.method, format=prepared.format, base_model=model.path, tasks=cfg.tasks,
+                              max_seq_len=cfg.max_seq_len, lora_r=cfg.lora_r, lora_merged=merged,
+                              adapter_only=bool(cfg.lora_r or model.adapter) and not merged, seed=cfg.seed)
+        info.write(tmp / CHECKPOINT_INFO)
+    except Exception as err:
+        adapter = hasattr(trainer.model, "merge_and_unload") and not cfg.lora_merge  # as save_final_model saves it
+        refused = _storage_refusal(err, tmp, "adapter_model.safetensors" if adapter else "model.safetensors")
+        if distributed.is_main_process():
+            shutil.rmtree(tmp, ignore_errors=True)  # half a model must not be mistaken for one
+        if refused is not None:
+            raise refused from None
+        raise
     publish_dir(tmp, final)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: intermediate checkpoints are dead weight
     return info
+
+
+def _storage_refusal(err: Exception, folder: Path, weights_file: str) -> HarnessError | None:
+    """A full (or read-only) disk met while writing `folder`, as one sentence naming the file; None for any other
+    error. safetensors reports it as a SafetensorError whose text carries the OS error number but no path (and it
+    removes the partial file), so the file named is the weights file `folder` was to get (a model large enough to
+    be saved in shards writes model-0000i-of-0000n.safetensors instead; the folder is still the right one)."""
+    if isinstance(err, OSError):
+        code, name = err.errno, err.filename
+    else:
+        # "I/O error: File too large (os error 27)"; older releases wrote "IoError(Os { code: 27, ... })"
+        found = re.search(r"(?:os error |\bcode: )(\d+)", str(err))
+        code, name = (int(found.group(1)) if found else None), None
+    if code not in STORAGE_ERRORS:
+        return None
+    if not name:
+        name = folder / weights_file
+    return HarnessError(f"Cannot write {name}: {os.strerror(code)}; free space (or fix the folder's permissions) "
+                        "and rerun with --resume, which continues from the run's last complete checkpoint.")
 
 
 def _finish_run(cfg: TrainConfig, manifest: TrainManifest, run_dir: Path, prepared: _Prepared, info: CheckpointInfo,

@@ -440,6 +440,20 @@ def test_plot_without_probes_writes_the_scores_plot_only(evaluated, tmp_path):
     assert "No forgetting plot" in err
 
 
+def test_plot_writes_under_the_results_folder_by_default(tmp_path, monkeypatch):
+    from tests.integration.test_bad_input import record
+
+    source = tmp_path / "evals" / "a"
+    source.mkdir(parents=True)
+    (source / "summary.jsonl").write_text(json.dumps(record()) + "\n")
+    monkeypatch.chdir(tmp_path)  # a relative default would land here, in ./results/plots
+    monkeypatch.setenv("HARNESS_RESULTS_DIR", str(tmp_path / "elsewhere"))
+    code, out, err = _harness(["plot", str(source)])
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "elsewhere" / "plots").iterdir()] == ["scores_vs_shots.png"]
+    assert not (tmp_path / "results").exists()
+
+
 # --------------------------------------------------------------------------- dedicated runs
 
 

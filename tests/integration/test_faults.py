@@ -66,3 +66,34 @@ def test_a_full_disk_during_evaluate_is_one_line_and_the_rerun_finishes(tiny_mod
     again = _evaluate(tiny_model, tiny_data, out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _scores(out) == _scores(tmp_path / "clean")
+
+
+def _train(tiny_model, tiny_data, out: Path, *extra: str, file_limit: int | None = None) -> subprocess.CompletedProcess:
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    args = [sys.executable, "-m", "manyicl.harness.cli", "train", "--model", str(tiny_model), "--data-dir",
+            str(tiny_data), "--tasks", "sst2", "--max-steps", "2", "--max-seq-len", "128", "-o", str(out), *extra]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "COLUMNS": "1000"}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600,
+                          preexec_fn=small_files if file_limit else None)
+
+
+def test_a_full_disk_while_saving_the_final_model_is_one_line_and_resume_finishes(tiny_model, tiny_data, tmp_path):
+    # The tiny model is stored in float32 and the final model in bf16 (half of it): a quarter cannot hold the
+    # final weights, while the tokenizer, logs and settings files, all far smaller, are written before them.
+    limit = (tiny_model / "model.safetensors").stat().st_size // 4
+    assert limit > 4 * (tiny_model / "tokenizer.json").stat().st_size
+
+    out = tmp_path / "run"
+    full = _train(tiny_model, tiny_data, out, file_limit=limit)
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr
+    last = [line for line in full.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith(f"Error: Cannot write {out / 'final.tmp' / 'model.safetensors'}: File too large; "), last
+    assert "rerun with --resume" in last
+    assert not (out / "final.tmp").exists() and not (out / "final").exists()
+
+    again = _train(tiny_model, tiny_data, out, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "final" / "model.safetensors").is_file() and not (out / "final.tmp").exists()

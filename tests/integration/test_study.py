@@ -83,7 +83,7 @@ def test_smoke_study_writes_every_output(smoke, study_env):
             assert records and {r["method"] for r in records} == {arm}, summary
             assert {r["seed"] for r in records} == {1234, 1235}
             assert {r["seed"] for r in records if r["shots"] == "0"} == {1234}  # nothing to draw at 0 shots
-            assert {r["max_length"] for r in records} == {512}  # every model in its training context
+            assert {r["max_length"] for r in records} == {2048}  # every model in its training context
             assert {r["task"] for r in records if r["role"] == "probe"} == {"arc_easy"}
         if arm not in ("base", "dedicated"):
             records = _records(summaries[0])
@@ -143,11 +143,10 @@ def test_second_run_skips_every_finished_stage(smoke, tiny_data):
     before = _mtimes(root, "runs/**/manifest.json") | _mtimes(root, "evals/**/summary.jsonl") | \
         _mtimes(root, "runs/**/model.safetensors")
     assert len(before) > 10
-    started = time.monotonic()
     code, _, err = _harness(["study", "--preset", "smoke", "--data-dir", str(tiny_data), "-o", str(root)])
-    seconds = time.monotonic() - started
     assert code == 0, err[-2000:]
-    assert seconds < 45, seconds  # no stage ran again: only the report is rewritten
+    # No stage ran again, only the report: what the study records and leaves untouched says so (a wall-clock
+    # bound said it too, but failed whenever the shared machine was busy).
     stages = json.loads((root / "state.json").read_text())["stages"]
     assert [name for name, s in stages.items() if s["status"] == "skipped"] == list(stages)[:-1]
     for name in list(stages)[:-1]:
@@ -368,6 +367,33 @@ def test_unknown_preset_and_missing_study_file(tmp_path):
     assert code == 2 and "does not exist" in err and "Traceback" not in err
     code, _, err = _harness(["study"])
     assert code == 2 and "Give a study" in err
+
+
+@pytest.mark.parametrize("preset", ["demo", "demo-full", "paper", "paper-1gpu-lora", "paper-8gpu-fsdp", "smoke"])
+def test_every_preset_dry_runs_on_the_real_data(preset, real_data, tmp_path):
+    # The dry run reads the real documents and builds the prompts the evaluation stages will, with the base
+    # model's tokenizer where it is here; the paper presets' model is not (offline), and they must still dry-run.
+    root = tmp_path / "never"
+    code, out, err = _harness(["study", "--preset", preset, "--data-dir", str(real_data), "--dry-run", "-o", str(root)])
+    assert code == 0, err[-2000:]
+    assert "Prompt fit: " in out
+    if preset == "smoke":
+        assert "settings fit in 2048 tokens (first 6 documents each)." in _one_line(out)
+    assert not root.exists()
+
+
+def test_the_dry_run_refuses_a_study_whose_prompts_cannot_fit(tiny_data, tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(SMALL | {"train": {"max_seq_len": 96, "max_steps": 1},
+                                              "eval": {"shots": ["0", "2"], "limit": 2, "backend": "hf"}}))
+    root = tmp_path / "never"
+    code, out, err = _harness(["study", "--config", str(config), "--data-dir", str(tiny_data), "--dry-run",
+                               "-o", str(root)])
+    assert code == 2, (out, err)
+    # 96 tokens hold a tiny sst2 document alone, not with two demonstrations
+    assert ("Error: Study `small` cannot score sst2 as set (demonstration seed 1234): At --shots 2, 2 of 2 sst2 "
+            "documents fit only 0-0 demonstrations in 96 tokens; raise --max-length") in _one_line(err)
+    assert not out.strip() and "Traceback" not in err and not root.exists()
 
 
 def test_every_preset_is_a_valid_study():

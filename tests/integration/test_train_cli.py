@@ -280,7 +280,10 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_
     assert not (broken / "complete.json").exists() and not (broken / "optimizer.pt").exists()
     weights = broken / "model.safetensors"  # as if the kill had come while the weights were written, too
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    kept_point, redone_point = ((run / "curve" / p).stat().st_ino for p in ("0.5", "0.75"))
+    # A file the harness never writes, planted in both saved points: the kept point still holds it after the
+    # resume, and the redone one is a new folder without it (inode numbers cannot tell: the filesystem reuses them).
+    for point in ("0.5", "0.75"):
+        (run / "curve" / point / "planted-before-resume").write_text(point)
 
     real_save = Trainer._save_checkpoint
     seen: list[tuple[int, list[str]]] = []
@@ -301,7 +304,9 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_
     assert resumed["step"] == 2 and resumed["resumed_from"] == "checkpoint-2"
     assert list(resumed["skipped"]) == ["checkpoint-3"]
     # the point at step 2 came before the checkpoint and is kept; the one at step 3 was redone
-    assert (run / "curve" / "0.5").stat().st_ino == kept_point and (run / "curve" / "0.75").stat().st_ino != redone_point
+    assert (run / "curve" / "0.5" / "planted-before-resume").is_file()
+    assert not (run / "curve" / "0.75" / "planted-before-resume").exists()
+    assert (run / "curve" / "0.75" / "config.json").is_file()
     _same_run(run, uninterrupted)
 
 
