@@ -136,7 +136,7 @@ def test_summary_schema_and_values(evaluated, tiny_model):
     for r in records:
         assert set(r) == FIELDS, set(r) ^ FIELDS
         ResultRecord(**r)  # loads back as the typed record
-        assert r["schema_version"] == SCHEMA_VERSION == 1
+        assert r["schema_version"] == SCHEMA_VERSION == 2
         assert r["model"] == Path(tiny_model).name and r["model_path"] == r["base_model"] == str(Path(tiny_model).resolve())
         assert r["method"] == "base" and r["role"] == "train" and r["seed"] == 1234 and r["num_docs"] == 3
         assert r["backend"] == "hf" and r["format"] == "chat" and r["max_length"] == 512

@@ -399,7 +399,7 @@ def test_the_dry_run_refuses_a_study_whose_prompts_cannot_fit(tiny_data, tmp_pat
 def test_every_preset_is_a_valid_study():
     from manyicl.harness.study import PRESETS_DIR, load_study, study_presets
     from manyicl.harness.study_estimate import estimate_study
-    from manyicl.harness.study_stages import plan_stages, shares_one_server
+    from manyicl.harness.study_stages import plan_stages, shares_one_server, training_seeds
 
     assert study_presets() == ["demo", "demo-full", "paper", "paper-1gpu-lora", "paper-8gpu-fsdp", "smoke"]
     assert sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")) == ["demo", "demo-full", "paper", "paper-1gpu-lora",
@@ -410,9 +410,12 @@ def test_every_preset_is_a_valid_study():
         adapter_arms = [a for a in cfg.arms if a not in {"base", "dedicated"}]
         curves = len(cfg.train.get("curve_points") or []) * len(adapter_arms)
         assert stages[-1].name == "report"
-        # one training stage per arm but base; one evaluation per arm, or one for all the arms sharing a server
-        evaluations = len(cfg.arms) - (len(adapter_arms) - 1 if shares_one_server(cfg) else 0)
-        assert len(stages) == len(cfg.arms) - ("base" in cfg.arms) + evaluations + 1 + curves
+        # one training stage per arm but base and training seed; one evaluation per arm and seed, or one for all
+        # the arms sharing a server
+        seeds = max(len(training_seeds(cfg)), 1)
+        trained = len(cfg.arms) - ("base" in cfg.arms)
+        evaluations = ("base" in cfg.arms) + trained * seeds - (len(adapter_arms) - 1 if shares_one_server(cfg) else 0)
+        assert len(stages) == trained * seeds + evaluations + 1 + curves * seeds
         assert ("eval:adapters" in {s.name for s in stages}) == (name == "paper-1gpu-lora")
         if os.environ.get("HARNESS_DATA_DIR"):
             # the time a preset states is the one its own constants give (documents read from the real data)

@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "train.trainer", "harness.preview", "harness.prefix_scorer", "harness.cascade_attention"),
     ("harness.lm_eval_bridge", "harness.report", "harness.study_display", "harness.study_stages"),
     ("harness.evaluate", "harness.score_worker"),
-    ("harness.study", "harness.study_estimate", "harness.shared_server"),
+    ("harness.study", "harness.study_estimate", "harness.study_fit", "harness.shared_server"),
     ("harness.cli_options",),
     ("harness.cli",),
 )
