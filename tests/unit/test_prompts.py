@@ -10,7 +10,7 @@ import pytest
 
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.lm_eval_bridge import write_lm_eval_task
-from manyicl.harness.prompts import build_prompts, draw_blocks, demonstration_pool, parse_shots
+from manyicl.harness.prompts import build_prompts, demonstration_pool, draw_blocks, parse_shots
 from manyicl.harness.settings import EvalConfig
 from manyicl.tasks import lm_eval_metrics
 from manyicl.tasks.registry import Example, TaskData, load_examples, load_task
