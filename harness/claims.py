@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.paired import OutcomeTable, paired_units
 from manyicl.harness.settings import ONE_ANSWER
-from manyicl.harness.stats import Interval, Unit, components_interval, holm, interval_p_value, z_value
+from manyicl.harness.stats import (
+    Interval,
+    Unit,
+    components_interval,
+    holm,
+    interval_p_value,
+    t_quantile,
+    z_value,
+)
 
 ALPHA = 0.05  # the error of the whole report: the primary claim's level, and the secondary family's under Holm
 POWER = 0.8  # what the rerun advice sizes for
@@ -256,9 +264,10 @@ def spreads(table: OutcomeTable, claim: Claim = PRIMARY, shots: str = PRIMARY_SH
     return out
 
 
-def needed_scale(row: ClaimRow, power: float = POWER) -> float | None:
+def needed_scale(row: ClaimRow, power: float = POWER, family: int = 1) -> float | None:
     """How many times the documents, draws and training seeds together a rerun needs for `power` at the effect
-    this study measured (its distance from the tested value: 0, or the margin); None when nothing would do (an
+    this study measured (its distance from the tested value: 0, or the margin), tested at ALPHA / `family` (a
+    secondary test must pass Holm's correction: Bonferroni's level is its bound); None when nothing would do (an
     effect of exactly the tested value) or the row has no interval."""
     if row.interval is None or row.interval.se == 0:
         return None
@@ -271,8 +280,9 @@ def needed_scale(row: ClaimRow, power: float = POWER) -> float | None:
         distance = claim.margin - abs(iv.estimate)
     if distance <= 0:
         return None
-    alpha = ALPHA if claim.test != EQUIVALENCE else 2 * ALPHA
-    needed_se = distance / (z_value(1 - alpha) + z_value(2 * power - 1))
+    alpha = (ALPHA if claim.test != EQUIVALENCE else 2 * ALPHA) / family
+    # the t quantile at this study's degrees of freedom: a rerun of the same design has no more of them
+    needed_se = distance / (t_quantile(1 - alpha, iv.df) + z_value(2 * power - 1))
     return (iv.se / needed_se) ** 2
 
 
@@ -343,16 +353,18 @@ def margins_markdown() -> str:
 
 
 def rerun_markdown(rows: list[ClaimRow]) -> str:
-    """For each claim the study left unresolved: what a rerun needs for 80% power at the effect measured here."""
+    """For each claim the study left unresolved: what a rerun needs for 80% power at the effect measured here (a
+    secondary claim at the Bonferroni level of its family, which Holm's correction never asks more than)."""
     lines = []
+    family = sum(1 for r in rows if not r.primary and r.p_value is not None)
     for r in rows:
         if r.interval is None or not r.verdict.startswith((NOT_RESOLVED, SUGGESTIVE, NOT_TESTED)):
             continue
-        scale = needed_scale(r)
+        scale = needed_scale(r, family=1 if r.primary else family)
         what = (f"{scale:.1f}× the documents, draws and training seeds together (standard error "
                 f"{100 * r.interval.se:.1f} → {100 * r.interval.se / math.sqrt(scale):.1f} points)"
-                if scale is not None else "no rerun size: the measured effect sits on the tested value, so any "
-                "size has about 5% power")
+                if scale is not None else "no rerun size: the measured effect lies at or beyond the value tested "
+                "(0, or the margin), where more data cannot make the claim hold")
         if r.verdict.startswith(NOT_TESTED):
             what += "; and the primary claim must hold first"
         lines.append(f"- {r.claim.text}, {r.shots} shots: {what}.")

@@ -12,6 +12,7 @@ import json
 import logging
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +201,11 @@ def _score(todo: list[tuple[PromptSet, str]], cfg: EvalConfig, mut: ModelUnderTe
                     name, count, max_length)
     timing = {"tasks": sorted({p.task.name for p, _ in todo}), "shots": sorted({p.shots for p, _ in todo}),
               "backend": backend, "documents": n_docs, "skipped_documents": skipped, "seconds": round(seconds, 3),
-              "documents_per_second": round(n_docs / max(seconds, 1e-9), 3), "num_processes": cfg.num_processes}
+              "documents_per_second": round(n_docs / max(seconds, 1e-9), 3), "num_processes": cfg.num_processes,
+              # which draw block each document was prompted from: samples/<name>.jsonl, field `draw`
+              "draws": cfg.draws, "draw_share": cfg.draw_share or "1/1",
+              "documents_per_draw": {name: dict(sorted(Counter(d.draw for d in p.docs).items()))
+                                     for name, (p, _) in prompt_sets.items() if p.draws > 1}}
     if PREFIX_CACHE_KEY in results:
         # vLLM's prefix-cache use during the call, as its /metrics reported it: generation requests read the
         # cache, log-likelihood requests (they ask for prompt log-probs) skip it.

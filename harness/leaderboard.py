@@ -153,11 +153,14 @@ def latest_records(records: Iterable[ResultRecord]) -> list[ResultRecord]:
 
 
 def _task_scores(records: Iterable[ResultRecord]) -> dict[tuple[str, str, str], _Score]:
-    # Several model paths under one row (a dedicated run's per-task models, each scored on the probes) are averaged.
-    per_path: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    # Several model paths under one row are averaged, weighted by their documents: a dedicated run's per-task models
+    # each scored every probe document (equal weights), and a study's training seeds each scored their own share
+    # of the documents (so the row's score is the arm's accuracy over every document, as the claims pool it).
+    per_path: dict[tuple[str, str, str], dict[int, list[tuple[float, int]]]] = defaultdict(lambda: defaultdict(list))
     for r in latest_records(records):
-        per_path[(r.model, r.task, r.shots)][r.seed].append(r.value)
-    per_seed = {key: {seed: statistics.fmean(values) for seed, values in seeds.items()}
+        per_path[(r.model, r.task, r.shots)][r.seed].append((r.value, r.num_docs))
+    per_seed = {key: {seed: math.fsum(v * n for v, n in parts) / sum(n for _, n in parts)
+                      for seed, parts in seeds.items()}
                 for key, seeds in per_path.items()}
     return {key: _Score(statistics.fmean(seeds.values()), dict(sorted(seeds.items())))
             for key, seeds in per_seed.items()}

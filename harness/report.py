@@ -18,6 +18,7 @@ from manyicl.harness.claims import (
     claims_markdown,
     components_markdown,
     margins_markdown,
+    one_answer_shares,
     rerun_markdown,
     spreads,
     spreads_markdown,
@@ -106,14 +107,17 @@ def write_outputs(cfg: StudyConfig, stages: list[StageResult]) -> dict[str, Path
     # One row per arm: a study's training seeds each scored a share of the documents, so pooling their records
     # gives the arm's score on every document.
     by_arm = [dataclasses.replace(r, model=r.method) for r in records]
-    board = build_leaderboard(by_arm, by="family")
+    table = read_outcomes([evals])
+    pooled = tuple(sorted(k for k, share in one_answer_shares(table).items() if share >= ONE_ANSWER))
+    board = dataclasses.replace(build_leaderboard(by_arm, by="family"), one_answer=pooled)
     console.print(render(board, "table"))
     for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("json", "json")):
         path = root / f"leaderboard.{ext}"
         atomic_write_text(path, str(render(board, fmt)))
         outputs[f"leaderboard.{ext}"] = path
     by_task = root / "leaderboard_by_task.md"
-    atomic_write_text(by_task, str(render(build_leaderboard(by_arm, by="task"), "markdown")))
+    atomic_write_text(by_task, str(render(dataclasses.replace(build_leaderboard(by_arm, by="task"), one_answer=pooled),
+                                          "markdown")))
     plots = root / "plots"
     plots.mkdir(exist_ok=True)
     for key, plot, data in (("scores_plot", plot_scores_vs_shots, by_arm), ("forgetting_plot", plot_forgetting, by_arm),
@@ -124,7 +128,6 @@ def write_outputs(cfg: StudyConfig, stages: list[StageResult]) -> dict[str, Path
         except HarnessError:
             pass
     shots_list = sorted({r.shots for r in records if r.role != "probe"}, key=shots_order)
-    table = read_outcomes([evals])
     outputs["outcomes"] = write_outcomes_csv(table, root / "outcomes.csv")
     claims = claim_rows(table, shots_list)
     write_json(root / VARIANCE_FILE, variance_record(claims[0]))
@@ -164,30 +167,26 @@ def model_label(path: str) -> str:
     return Path(path).name if Path(path).is_absolute() else path
 
 
-def one_answer_markdown(records: list[ResultRecord]) -> str:
-    """Per task: the majority-class rate and each arm's share of its most frequent answer, per shot setting."""
-    per: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    majority: dict[str, list[float]] = defaultdict(list)
-    for r in records:
-        if r.top_share is None:
-            continue
-        per[(r.task, r.shots)][r.method].append(r.top_share)
-        if r.majority_rate is not None:
-            majority[r.task].append(r.majority_rate)
-    if not per:
+def one_answer_markdown(table: OutcomeTable) -> str:
+    """Per task and shot setting: the majority-class rate of the scored documents and each arm's share of its most
+    frequent answer, pooled over the arm's models (training seeds) as the claims pool them."""
+    shares = one_answer_shares(table)
+    golds: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for o in table.outcomes:
+        if o.gold is not None:
+            golds[(o.task, o.shots)][o.uid] = o.gold
+    if not shares:
         return "No multiple-choice task was scored."
-    arms = sorted({m for d in per.values() for m in d})
+    arms = sorted({arm for arm, _, _ in shares})
     lines = ["| task | shots | majority-class rate | " + " | ".join(arms) + " |",
              "|---|---|---:|" + "---:|" * len(arms)]
-    for (task, shots), by_arm in sorted(per.items(), key=lambda kv: (kv[0][0], shots_order(kv[0][1]))):
+    for task, shots in sorted({(t, s) for _, t, s in shares}, key=lambda ts: (ts[0], shots_order(ts[1]))):
         cells = []
         for arm in arms:
-            if arm not in by_arm:
-                cells.append("")
-                continue
-            share = statistics.fmean(by_arm[arm])
-            cells.append(f"{100 * share:.0f}%" + (" ⚑" if share >= ONE_ANSWER else ""))
-        rate = f"{100 * statistics.fmean(majority[task]):.0f}%" if majority[task] else ""
+            share = shares.get((arm, task, shots))
+            cells.append("" if share is None else f"{100 * share:.0f}%" + (" ⚑" if share >= ONE_ANSWER else ""))
+        gold = list(golds[(task, shots)].values())
+        rate = f"{100 * max(gold.count(g) for g in set(gold)) / len(gold):.0f}%" if gold else ""
         lines.append(f"| {task} | {shots} | {rate} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -251,7 +250,7 @@ def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, t
         f"forgetting probes: {', '.join(cfg.probes)}.",
         f"- Arms: {', '.join(cfg.arms)}. Matched budget per arm: "
         + ", ".join(f"{k}={v}" for k, v in train.items() if k.startswith("max_") or k in {"shots", "lora_r", "learning_rate"})
-        + ". Each dedicated model gets that same budget on its one task.",
+        + (". Each dedicated model gets that same budget on its one task." if "dedicated" in cfg.arms else "."),
         f"- Training seeds: {', '.join(map(str, train_seeds)) or 'one run per arm'}"
         + (f"; each seed's models scored their own share (1/{len(train_seeds)}) of the draw blocks, paired seed by "
            "seed across arms." if len(train_seeds) > 1 else "."),
@@ -280,7 +279,7 @@ def _report_text(cfg: StudyConfig, records: list[ResultRecord], board, claims, t
         f"answer (what always giving it scores). ⚑ marks {100 * ONE_ANSWER:.0f}% or more: there the arm's accuracy "
         "is the class balance, not skill, and claims that rest on such a task say so in their verdict.",
         "",
-        one_answer_markdown(records),
+        one_answer_markdown(table),
         "",
         _plots_markdown(cfg, outputs),
         "",

@@ -208,6 +208,7 @@ class PowerPlan:
     documents: int
     draws: int  # draw blocks over the training tasks
     seeds: int
+    tasks: int
     effect: float  # the effect (points) the power is stated for
     source: str
 
@@ -218,10 +219,32 @@ class PowerPlan:
                          + self.per_seed / max(self.seeds, 1))
 
     @property
+    def df(self) -> float:
+        """Satterthwaite's degrees of freedom, as `stats.components_interval` will take them: documents and draws
+        (clusters within task and seed) have the blocks less their strata; a seed variance above zero is read
+        from the spread of T seed estimates, each carrying its share's documents and draws, on T - 1."""
+        seed = self.per_seed / max(self.seeds, 1)
+        rest = self.per_document / self.documents + self.per_draw / max(self.draws, 1)
+        strata = self.tasks * self.seeds
+        rest_df = max((self.draws if self.draws > self.tasks else self.documents) - strata, 1)
+        if self.seeds < 2 or seed <= 0:
+            return float(rest_df)
+        spread = seed + rest
+        return spread**2 / (2 * rest**2 / rest_df + spread**2 / (self.seeds - 1))
+
+    @property
+    def half_width(self) -> float:
+        """The expected 95% half-width, metric units: t at the planned degrees of freedom times the SE."""
+        from manyicl.harness.stats import t_quantile
+
+        return t_quantile(0.95, self.df) * self.se
+
+    @property
     def power(self) -> float:
-        """Normal-approximation power of the two-sided 5% test at `effect`."""
-        normal = NormalDist()
-        return normal.cdf(abs(self.effect) / 100 / self.se - normal.inv_cdf(0.975)) if self.se > 0 else 1.0
+        """Approximate power of the two-sided 5% test at `effect` (the t quantile in place of 1.96)."""
+        from manyicl.harness.stats import t_quantile
+
+        return NormalDist().cdf(abs(self.effect) / 100 / self.se - t_quantile(0.95, self.df)) if self.se > 0 else 1.0
 
 
 def power_plan(cfg: StudyConfig, docs: dict[str, int]) -> PowerPlan | None:
@@ -251,7 +274,7 @@ def power_plan(cfg: StudyConfig, docs: dict[str, int]) -> PowerPlan | None:
     seeds = max(len(training_seeds(cfg)), 1)
     return PowerPlan(float(planned["per_document"]), float(planned["per_draw"]), float(planned["per_seed"]),
                      sum(docs[t] for t in docs if t in set(cfg.tasks)), draws * len(cfg.tasks), seeds,
-                     float(planned.get("effect", 5.0)), source)
+                     len(cfg.tasks), float(planned.get("effect", 5.0)), source)
 
 
 def _fmt(seconds: float) -> str:
@@ -293,7 +316,8 @@ def dry_run_text(cfg: StudyConfig, est: StudyEstimate) -> str:
             f"Planned variance of the primary difference, per unit ({plan.source}): document {plan.per_document:.4f},"
             f" draw {plan.per_draw:.4f}, training seed {plan.per_seed:.4f}",
             f"With {plan.documents} paired documents, {plan.draws} draw blocks and {plan.seeds} training seed(s): "
-            f"standard error {100 * plan.se:.2f} points, 95% half-width about ±{196 * plan.se:.1f}; power "
+            f"standard error {100 * plan.se:.2f} points, about {plan.df:.0f} degrees of freedom, 95% half-width "
+            f"about ±{100 * plan.half_width:.1f}; power "
             f"{100 * plan.power:.0f}% for a {plan.effect:g}-point effect"
             + (" (80% wanted)" if plan.power < 0.8 else "")]
     return "\n".join(lines)

@@ -247,6 +247,9 @@ def test_draws_split_documents_into_blocks_and_shares_split_the_blocks(env, tiny
     record = next(r for r in _records(halves[0] / "summary.jsonl") if r["shots"] == "2")
     assert record["draws"] == 4 and record["draw_share"] == "1/2" and record["num_docs"] == 8
     assert record["train_seed"] is None and 0.5 <= record["top_share"] <= 1 and 0.5 <= record["majority_rate"] <= 1
+    run = json.loads((halves[0] / "manifest.json").read_text())["runs"][-1]
+    assert run["draws"] == 4 and run["draw_share"] == "1/2"
+    assert run["documents_per_draw"]["harness_sst2_2shot_s1234"] == {"0": 4, "2": 4}
     code, _, err = _harness([*args, "--draw-share", "3/2", "-o", str(tmp_path / "bad")])
     assert code == 2 and "--draw-share 3/2: i must be between 1 and n." in err and not (tmp_path / "bad").exists()
 

@@ -165,6 +165,12 @@ def test_markdown_p_floor_and_rerun_advice():
     row = claim_rows(unclear, ["many"])[0]
     assert row.verdict == NOT_RESOLVED and needed_scale(row) is None  # an estimate of exactly 0
     assert "no rerun size" in rerun_markdown([row])
+    held_at_4 = OutcomeTable(outcomes("manyicl", {"sst2": [1, 1, 0, 0] * 20}) + outcomes("zero-shot", {"sst2": [1, 0, 0, 0] * 20}))
+    row = claim_rows(held_at_4, ["many"])[0]
+    # +25 points with SE 4.9 (79 degrees of freedom): 80% power at 5% needs (4.87 / (25 / (1.99 + 0.84)))^2 = 0.30x
+    # the data; a secondary test in a family of 10 more
+    assert needed_scale(row) == pytest.approx((0.0487 / (0.25 / (1.9905 + 0.8416))) ** 2, rel=0.01)
+    assert needed_scale(row) < needed_scale(row, family=10) < 1
 
 
 def test_outcomes_csv_reproduces_the_claims(tmp_path):

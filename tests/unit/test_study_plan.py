@@ -180,10 +180,16 @@ def test_dry_run_states_the_variance_components_and_the_power(tmp_path):
     cfg = study(tmp_path, train={"max_steps": 2, "seeds": [1, 2, 3, 4]}, eval={"shots": ["0", "many"], "draws": 8},
                 planned_variance=planned)
     text = dry_run_text(cfg, estimate_study(cfg, documents={"sst2": 200, "rte": 200, "cb": 10, "arc_easy": 20}))
-    # SE^2 = 0.3 / 400 + 0.002 / 16 + 0.001 / 4 = 0.001125; SE = 3.354 points; power at 8 points = 0.671
+    # SE^2 = 0.3 / 400 + 0.002 / 16 + 0.001 / 4 = 0.001125: SE 3.354 points. Documents and draws: 16 blocks in
+    # 2 tasks x 4 seeds = 8 strata, 8 degrees of freedom; the seed term is read from 4 seed estimates (3), so
+    # Satterthwaite: 0.001125^2 / (2 x 0.000875^2 / 8 + 0.001125^2 / 3) = 2.06; t(0.975, 2.06) = 4.17: ±14.0, and
+    # an 8-point effect has about 4% power
     assert "document 0.3000, draw 0.0020, training seed 0.0010" in text and "(a pilot)" in text
-    assert "standard error 3.35 points" in text and "power 66% for a 8-point effect (80% wanted)" in text
+    assert "standard error 3.35 points, about 2 degrees of freedom, 95% half-width about ±14.0" in text
+    assert "power 4% for a 8-point effect (80% wanted)" in text
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "variance.json").write_text('{"per_document": 0.2, "per_draw": 0.0, "per_seed": 0.0}')
     again = dry_run_text(cfg, estimate_study(cfg, documents={"sst2": 200, "rte": 200, "cb": 10, "arc_easy": 20}))
-    assert "measured by the last study" in again and "standard error 2.24 points" in again
+    # without a seed variance the documents' and draws' 8 degrees of freedom stand: t = 2.31, SE 2.24 -> ±5.2
+    assert "measured by the last study" in again and "standard error 2.24 points, about 8 degrees" in again
+    assert "half-width about ±5.2" in again
