@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.results import ResultRecord
-from manyicl.harness.settings import ARMS, FAMILIES, ONE_ANSWER
+from manyicl.harness.settings import ARMS, FAMILIES, ONE_ANSWER, shots_order
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -27,11 +27,6 @@ ROLE_PREFIX = {"train": "", "heldout": "heldout:", "probe": "probe:"}
 FORMATS = ("table", "markdown", "csv", "json")
 FORGETTING = "forgetting"
 MEAN = "mean"
-
-
-def shots_sort_key(shots: str) -> float:
-    """Shot settings in numeric order, `many` last."""
-    return math.inf if shots == "many" else float(shots)
 
 
 def method_sort_key(method: str) -> tuple[int, str]:
@@ -272,10 +267,10 @@ def _add_role_columns(role: str, scored: list[ResultRecord], by: str, models: li
         if role_of[(model, task)] == role:
             groups[families[task] if by == "family" else task][shots].add(task)
     order = sorted(groups, key=lambda g: (*family_sort_key(families.get(g, g) if by == "task" else g), g))
-    shot_settings = sorted({s for g in groups.values() for s in g}, key=shots_sort_key)
+    shot_settings = sorted({s for g in groups.values() for s in g}, key=shots_order)
     group_columns: dict[str, list[Column]] = defaultdict(list)  # shots -> this role's group columns
     for group in order:
-        for shots in sorted(groups[group], key=shots_sort_key):
+        for shots in sorted(groups[group], key=shots_order):
             column = Column(ROLE_PREFIX[role] + group, shots)
             tasks = groups[group][shots]
             for model in models:
@@ -301,7 +296,7 @@ def _add_forgetting_column(records: list[ResultRecord], columns: list[Column],
         return
     base_shots = {r.shots for r in records if r.role == "probe" and r.method == "base"}
     probe_shots = sorted({r.shots for r in records if r.role == "probe" and r.method != "base"} & base_shots,
-                         key=shots_sort_key)
+                         key=shots_order)
     column = Column(FORGETTING, "/".join(probe_shots))
     probes = set().union(*(set(p) for p in forgot.values()))
     for model, per_probe in forgot.items():

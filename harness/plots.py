@@ -17,11 +17,11 @@ from manyicl.harness.leaderboard import (
     family_sort_key,
     latest_records,
     method_sort_key,
-    shots_sort_key,
     task_scores,
 )
 from manyicl.harness.results import ResultRecord
 from manyicl.harness.runs import blocking_file
+from manyicl.harness.settings import shots_order
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -105,7 +105,7 @@ def plot_scores_vs_shots(records: list[ResultRecord], out_path: Path) -> Path:
         ax.set_visible(False)
     for ax, task in zip(axes, tasks, strict=False):
         family, metric = info[task]
-        shots = sorted({s for (_, t, s) in scores if t == task}, key=shots_sort_key)
+        shots = sorted({s for (_, t, s) in scores if t == task}, key=shots_order)
         ticks = []
         for s in shots:
             used = [r.shots_mean for r in records if r.task == task and r.shots == s]

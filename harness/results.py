@@ -14,6 +14,7 @@ from pathlib import Path
 
 from manyicl.harness.errors import HarnessError
 from manyicl.harness.runs import atomic_write_text
+from manyicl.harness.settings import shots_order
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class ResultRecord:
     @property
     def shots_order(self) -> float:
         """Sort key for shot settings: numbers in order, `many` last."""
-        return float("inf") if self.shots == "many" else float(self.shots)
+        return shots_order(self.shots)
 
 
 _TEXT = (str,)
