@@ -273,10 +273,10 @@ RESULTS = [
         "leaderboard", "--format", "csv", str(e.summary(record(), '{"model": "b", "val'))],
         r"^model,method", code=0, warns=r"summary\.jsonl:2: skipped a result line: not valid JSON"),
     Case("results files", "an old schema version", lambda e: ["leaderboard", str(e.summary(record(schema_version=0)))],
-         r"No results found", warns=r"summary\.jsonl:1: skipped a result line: schema_version 0, not 1"),
+         r"No results found", warns=r"summary\.jsonl:1: skipped a result line: schema_version 0, not 2"),
     Case("results files", "no schema version", lambda e: ["leaderboard", str(e.summary(
         {k: v for k, v in record().items() if k != "schema_version"}))], r"No results found",
-        warns=r"schema_version None, not 1"),
+        warns=r"schema_version None, not 2"),
     Case("results files", "a missing field", lambda e: ["leaderboard", str(e.summary(
         {k: v for k, v in record().items() if k != "value"}))], r"No results found", warns=r"missing field value"),
     Case("results files", "a value that is text", lambda e: ["leaderboard", str(e.summary(record(value="high")))],
