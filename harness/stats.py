@@ -393,11 +393,14 @@ def components_interval(units: Sequence[Unit], confidence: float = 0.95) -> Inte
     def block(u: Unit) -> tuple:
         return (u.stratum, u.seed, u.block) if has_blocks else (u.stratum, id(u))
 
-    estimate, v_within, df_within = _estimate_and_variance(units, stratum, block)
-    _, v_docs, _ = _estimate_and_variance(units, stratum, lambda u: (u.stratum, id(u)))
-    if has_blocks and df_within < 2:
-        # one block per stratum says nothing about draws: documents are the clusters, and the draws go unmeasured
-        estimate, v_within, df_within = _estimate_and_variance(units, stratum, lambda u: (u.stratum, id(u)))
+    # documents as the clusters: the whole variance without draws, and the documents' share of it with them
+    estimate, v_docs, df_docs = _estimate_and_variance(units, stratum, lambda u: (u.stratum, id(u)))
+    v_within, df_within = v_docs, df_docs
+    if has_blocks:
+        _, v_blocks, df_blocks = _estimate_and_variance(units, stratum, block)
+        # one block per stratum says nothing about draws: the documents stay the clusters, the draws unmeasured
+        if df_blocks >= 2:
+            v_within, df_within = v_blocks, df_blocks
     seed_var, df = 0.0, float(max(df_within, 1))
     if t_count > 1:
         per_seed = []

@@ -19,6 +19,7 @@ from manyicl.harness.settings import (
     rows_per_step,
     split_list,
 )
+from manyicl.harness.stats import t_quantile
 from manyicl.harness.study_stages import SHARED_ARMS, Stage, plan_stages, training_seeds
 
 GIB = 1024**3
@@ -235,15 +236,11 @@ class PowerPlan:
     @property
     def half_width(self) -> float:
         """The expected 95% half-width, metric units: t at the planned degrees of freedom times the SE."""
-        from manyicl.harness.stats import t_quantile
-
         return t_quantile(0.95, self.df) * self.se
 
     @property
     def power(self) -> float:
         """Approximate power of the two-sided 5% test at `effect` (the t quantile in place of 1.96)."""
-        from manyicl.harness.stats import t_quantile
-
         return NormalDist().cdf(abs(self.effect) / 100 / self.se - t_quantile(0.95, self.df)) if self.se > 0 else 1.0
 
 
